@@ -1,0 +1,64 @@
+// LayerNorm and RMSNorm: every conformance case on WebGPU and on the CPU backend in f32, both
+// against the CPU float64 reference; then the errors a caller gets for bad shapes and layouts.
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { CpuDevice } from '../../src/device/cpu/device.ts';
+import { type CaseResult, runConformance } from '../../src/device/conformance.ts';
+import type { Device, View } from '../../src/device/device.ts';
+import { WebGPUDevice } from '../../src/device/webgpu/device.ts';
+import { cases } from '../../src/kernels/norm.cases.ts';
+import { contiguousStrides } from '../../src/tensor/shape.ts';
+
+let webgpu: WebGPUDevice;
+let cpu: CpuDevice;
+const results = new Map<string, CaseResult[]>();
+
+beforeAll(async () => {
+  webgpu = await WebGPUDevice.create();
+  cpu = new CpuDevice();
+  results.set('webgpu', await runConformance(webgpu, cpu, cases));
+  results.set('cpu', await runConformance(cpu, cpu, cases));
+});
+
+afterAll(() => webgpu?.destroy());
+
+describe.each(['webgpu', 'cpu'])('%s against the f64 reference', (device) => {
+  test.each(cases.map((c) => c.name))('%s', (name) => {
+    const r = results.get(device)!.find((x) => x.name === name)!;
+    console.log(`${device} ${name}: rel L2 ${r.errors.map((e) => e.toExponential(2)).join(', ')}, max abs ${r.maxAbsError.toExponential(2)}`);
+    expect(r.note).toBeUndefined();
+    expect(r.pass).toBe(true);
+  });
+});
+
+function view(dev: Device, shape: number[], strides = contiguousStrides(shape), offset = 0): View {
+  const n = shape.reduce((a, b) => a * b, 1) + offset + 64;
+  return { buf: dev.alloc(n * 4), dtype: 'f32', shape, strides, offset };
+}
+
+describe.each(['webgpu', 'cpu'])('%s rejects', (device) => {
+  const dev = () => (device === 'webgpu' ? webgpu : cpu) as Device;
+
+  test('an output of another shape', () => {
+    expect(() => dev().layerNorm(view(dev(), [3, 8]), null, null, view(dev(), [3, 9]), { eps: 1e-5 }))
+      .toThrow(/layerNorm \[3,8\]:f32 -> \[3,9\]:f32: out \[3,9\] must have x's shape \[3,8\]/);
+  });
+
+  test('a weight that does not match the last axis', () => {
+    expect(() => dev().rmsNorm(view(dev(), [3, 8]), view(dev(), [7]), view(dev(), [3, 8]), { eps: 1e-6 }))
+      .toThrow(/rmsNorm .*weight \[7\] must be \[8\]/);
+    expect(() => dev().layerNorm(view(dev(), [3, 8]), view(dev(), [8]), view(dev(), [2, 8]), view(dev(), [3, 8]), { eps: 1e-6 }))
+      .toThrow(/layerNorm .*bias \[2,8\] must be \[8\]/);
+  });
+});
+
+describe('webgpu rejects layouts it cannot address', () => {
+  test('a normalised axis that is not unit-stride', () => {
+    const x = view(webgpu, [8, 3], [1, 8]);
+    expect(() => webgpu.layerNorm(x, null, null, view(webgpu, [8, 3]), { eps: 1e-5 })).toThrow(/x \[8,3\] strides \[1,8\]: the normalised axis must have stride 1/);
+  });
+
+  test('leading axes that do not collapse into one row axis', () => {
+    const x = view(webgpu, [2, 3, 4], [40, 4, 1]);
+    expect(() => webgpu.rmsNorm(x, null, view(webgpu, [2, 3, 4]), { eps: 1e-6 })).toThrow(/leading axes must collapse/);
+  });
+});
