@@ -9,6 +9,7 @@
 //   'hf_fast':   CLIPTokenizerFast / the tokenizers library (PickScore's processor): NFC, whitespace collapse,
 //                per-character lower-casing (Rust's char::to_lowercase: a final 'Σ' becomes 'σ', not 'ς'), no ftfy.
 // All three share bytes_to_unicode, the pre-tokenizer regex and the merge loop, so one class serves them.
+// @huggingface/tokenizers is not used: it lower-cases with JS toLowerCase (final 'ς') and its \s counts U+FEFF.
 //
 // ftfy: fix_text (6.3.0) is ported step by step (unescape_html, fix_encoding, fix_c1_controls,
 // fix_latin_ligatures, fix_character_width, uncurl_quotes, fix_line_breaks, fix_surrogates,
@@ -19,6 +20,7 @@
 //   - HTML entities outside HTML 4's 252 names plus `&apos;` (the rest of the 2,231 HTML5 names), for ftfy's
 //     unescape_html and for Python's html.unescape alike;
 //   - max_decode_length (segments over 1,000,000 characters).
+// Python's and Node's Unicode tables (NFC, \p{L}/\p{N}, lower()) may disagree on characters newer than Node's ICU.
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
@@ -382,8 +384,11 @@ type Chunk = { text: string } | { special: string };
 export interface ClipSpecialTokens { bos: string; eos: string; pad?: string | undefined; maxLength?: number | undefined }
 
 /** tokenizer_config.json / special_tokens_map.json entries are strings or {content: ...}. */
-const tokenText = (v: unknown): string | undefined =>
-  typeof v === 'string' ? v : typeof v === 'object' && v !== null && typeof (v as { content?: unknown }).content === 'string' ? (v as { content: string }).content : undefined;
+function tokenText(v: unknown): string | undefined {
+  if (typeof v === 'string') return v;
+  const content = (v as { content?: unknown } | null | undefined)?.content;
+  return typeof content === 'string' ? content : undefined;
+}
 
 function readHfSpecials(dir: string): ClipSpecialTokens {
   const config: Record<string, unknown> = {};

@@ -32,7 +32,7 @@ const MAX_DEFLATE_RATIO = 1032;
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 
 /** Refuses names that could point outside the extraction folder or alias another member. */
-export function checkMemberName(name: string): void {
+function checkMemberName(name: string): void {
   const bad =
     name.length === 0 ||
     name.startsWith('/') ||

@@ -16,7 +16,7 @@
 // a binding is refused.
 import type { Conv2dParams, View } from '../device/device.ts';
 import type { GpuBinding, GpuContext } from '../device/webgpu/context.ts';
-import { Params } from '../device/webgpu/context.ts';
+import { Params, gridFor } from '../device/webgpu/context.ts';
 import { numel } from '../tensor/shape.ts';
 import { conv2dShapes, upsampleShapes } from './conv.cpu.ts';
 
@@ -27,16 +27,14 @@ export function narrow(v: View, lo: readonly number[], len: readonly number[]): 
   return { ...v, shape: [...len], offset: v.offset + lo.reduce((o, l, d) => o + l * v.strides[d]!, 0) };
 }
 
-/** First and one-past-last buffer element a view touches, with the start aligned for a binding offset. */
+/**
+ * The buffer elements a view touches (strides are never negative): its offset, aligned down for a
+ * binding offset, to one past its last element.
+ */
 function span(ctx: GpuContext, v: View): { start: number; end: number } {
-  let first = v.offset, last = v.offset;
-  v.shape.forEach((n, d) => {
-    const step = (n - 1) * v.strides[d]!;
-    if (step < 0) first += step;
-    else last += step;
-  });
+  const last = v.shape.reduce((o, n, d) => o + (n - 1) * v.strides[d]!, v.offset);
   const align = ctx.gpu.limits.minStorageBufferOffsetAlignment / 4;
-  return { start: Math.floor(first / align) * align, end: last + 1 };
+  return { start: Math.floor(v.offset / align) * align, end: last + 1 };
 }
 
 /** Bytes a binding of this view must cover. */
@@ -272,8 +270,7 @@ export function gpuUpsampleNearest2x(ctx: GpuContext, x: View, out: View): void 
       const xb = bindView(ctx, narrow(x, [b0, c0, 0, 0], [bn, cn, s.h, s.w]));
       const ob = bindView(ctx, narrow(out, [b0, c0, 0, 0], [bn, cn, 2 * s.h, 2 * s.w]));
       const n = bn * cn * s.h * s.w;
-      const groups = Math.ceil(n / UPSAMPLE_WG);
-      const gy = Math.ceil(groups / ctx.limits.maxWorkgroupsPerDim), gx = Math.ceil(groups / gy);
+      const [gx, gy] = gridFor(n, UPSAMPLE_WG, ctx.limits.maxWorkgroupsPerDim);
       const params = new Params().u32(n, cn, s.h, s.w, gx, xb.offset, ...x.strides, ob.offset, ...out.strides);
       ctx.dispatch(label, pipeline, params.toBuffer(), [xb.binding, ob.binding], [gx, gy]);
     }

@@ -9,10 +9,22 @@ import { normShapes } from './norm.cpu.ts';
 
 type NormKind = 'layer' | 'rms';
 
-/** Threads per row and workgroup size for rows of width d. */
+/**
+ * Whether the adapter runs shaders on the CPU (lavapipe, SwiftShader): a workgroup is then one CPU
+ * thread stepping 8 SIMD lanes, and workgroup barriers and memory cost more than they save.
+ */
+export function isCpuAdapter(ctx: GpuContext): boolean {
+  return /llvmpipe|swiftshader|\|software\|/i.test(ctx.adapterKey);
+}
+
+/**
+ * Threads per row and workgroup size for rows of width d. A GPU splits a row over up to 256
+ * threads (about 8 elements each); a CPU adapter gives each thread a whole row, which measured
+ * 4.5x faster than 256 threads per row at D = 3072 and 100x at D = 128 on lavapipe.
+ */
 function normLayout(ctx: GpuContext, d: number): { t: number; wg: number } {
+  if (isCpuAdapter(ctx)) return { t: 1, wg: 64 };
   const wg = Math.min(256, ctx.limits.maxInvocations);
-  // About 8 elements per thread before the row is split further; a power of two for the tree.
   let t = 1;
   while (t < wg && t * 8 < d) t *= 2;
   return { t, wg };

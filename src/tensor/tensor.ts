@@ -24,8 +24,26 @@ export class Storage {
   }
 }
 
+/**
+ * How a tensor was computed, for the autograd tape (src/autograd): the op's inputs and the rule that
+ * maps the output's gradient to theirs. Declared here so a tensor can point at it; built only there.
+ */
+export interface GradNode {
+  readonly op: string;
+  readonly inputs: readonly (Tensor | null)[];
+  /** Gradients of the inputs (null where an input needs none) from the output's gradient. */
+  backward(grad: Tensor): (Tensor | null)[];
+  /** Releases what the node saved for backward (also called when the graph is dropped unused). */
+  release(): void;
+}
+
 export class Tensor implements View {
   private disposed = false;
+  /** Leaf tensors (parameters, inputs) whose gradient backward() accumulates into `grad`. */
+  requiresGrad = false;
+  grad: Tensor | null = null;
+  /** Set on results of recorded ops while gradients are being tracked. */
+  gradFn: GradNode | null = null;
 
   constructor(
     readonly storage: Storage,

@@ -7,7 +7,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { postprocessToUint8 } from '../../src/io/image.ts';
 import { readPng, writePng } from '../../src/io/png.ts';
 import { readSafetensors, stToFloat32, type StTensor } from '../../src/io/safetensors.ts';
-import { goldenCases } from './golden.ts';
+import { GOLDEN_DIR, goldenCases } from './golden.ts';
 
 const scratch = mkdtempSync(join(tmpdir(), 'postprocess-'));
 afterAll(() => rmSync(scratch, { recursive: true, force: true }));
@@ -57,6 +57,10 @@ function checkDecode(file: string, pngOf: (b: number) => string): void {
     expect(readPng(ours)).toEqual({ width, height, rgb });
   });
 }
+
+it('golden cases holding decoded images exist', () => {
+  expect([...goldenCases('vae_decoder'), ...goldenCases('grpo_step')], `no decode cases under ${GOLDEN_DIR}`).not.toEqual([]);
+});
 
 for (const dir of goldenCases('vae_decoder')) {
   describe(basename(dir), () => {

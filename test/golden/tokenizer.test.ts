@@ -6,7 +6,7 @@ import { basename, join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { ClipTokenizer } from '../../src/io/clip_tokenizer.ts';
 import { readSafetensors, stToFloat64 } from '../../src/io/safetensors.ts';
-import { goldenCases, readJson } from './golden.ts';
+import { GOLDEN_DIR, goldenCases, readJson } from './golden.ts';
 
 /** An integer tensor of a safetensors file as rows of its last dimension. */
 function idRows(path: string, name: string): number[][] {
@@ -16,6 +16,11 @@ function idRows(path: string, name: string): number[][] {
   const width = tensor.shape[tensor.shape.length - 1]!;
   return Array.from({ length: values.length / width }, (_, r) => values.slice(r * width, (r + 1) * width));
 }
+
+it('golden cases holding CLIP token ids exist', () => {
+  const found = ['tokenizer', 'clip_reward', 'text_encoders', 'pickscore_reward'].flatMap((family) => goldenCases(family));
+  expect(found, `no tokenizer cases under ${GOLDEN_DIR}`).not.toEqual([]);
+});
 
 const rowsOf = (tok: ClipTokenizer, text: string): number[] => Array.from(tok.tokenize(text).inputIds);
 

@@ -139,8 +139,12 @@ for (const dir of cases) {
     }
   });
 
+  it(`${name}: every file entry is a payload (decoded) or a hostile file (expected outcome)`, () => {
+    for (const [file, e] of files) expect('decoded' in e || 'expected' in e, file).toBe(true);
+  });
+
   describe(`${name} hostile`, () => {
-    for (const [file, entry] of files.filter(([, e]) => !('decoded' in e))) {
+    for (const [file, entry] of files.filter(([, e]) => !('decoded' in e) && 'expected' in e)) {
       it(`${name}: refuses ${file}`, () => {
         const path = join(dir, file);
         let err: unknown;

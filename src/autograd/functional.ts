@@ -1,0 +1,228 @@
+// Differentiable versions of the tensor ops (same names and signatures as src/tensor/ops.ts), each
+// its forward call plus its backward rule. Models import this module; under noGrad() it is exactly
+// the plain ops. Rules are written with tensor ops so every backend gets them for free; the ones
+// whose gradient needs a kernel of its own (norms, attention, activations) call backward device ops.
+import * as T from '../tensor/ops.ts';
+import { Tensor } from '../tensor/tensor.ts';
+import { needsGrad, record } from './tape.ts';
+
+export { noGrad, backward, isGradEnabled, releaseGraph } from './tape.ts';
+
+/** Sums a broadcast gradient back to `shape` (leading and size-1 axes). */
+export function sumTo(g: Tensor, shape: readonly number[]): Tensor {
+  let cur = g.view(g.shape, g.strides);
+  while (cur.rank > shape.length) {
+    const next = T.sum(cur, 0);
+    cur.dispose();
+    cur = next;
+  }
+  for (let ax = 0; ax < shape.length; ax++) {
+    if (shape[ax] === 1 && cur.shape[ax] !== 1) {
+      const next = T.sum(cur, ax, true);
+      cur.dispose();
+      cur = next;
+    }
+  }
+  return cur;
+}
+
+/** Runs a rule body and disposes the temporaries it lists once the result is computed. */
+function using<R>(temps: Tensor[], result: R): R {
+  temps.forEach((t) => t.dispose());
+  return result;
+}
+
+// ---- elementwise --------------------------------------------------------------------------------
+
+export function add(a: Tensor, b: Tensor): Tensor {
+  return record('add', [a, b], T.add(a, b), (g) => [sumTo(g, a.shape), sumTo(g, b.shape)]);
+}
+
+export function sub(a: Tensor, b: Tensor): Tensor {
+  return record('sub', [a, b], T.sub(a, b), (g) => {
+    const nb = T.neg(g);
+    return [sumTo(g, a.shape), using([nb], sumTo(nb, b.shape))];
+  });
+}
+
+export function mul(a: Tensor, b: Tensor): Tensor {
+  return record('mul', [a, b], T.mul(a, b), (g, [sa, sb]) => {
+    const ga = T.mul(g, sb!), gb = T.mul(g, sa!);
+    return [using([ga], sumTo(ga, a.shape)), using([gb], sumTo(gb, b.shape))];
+  }, [a, b]);
+}
+
+export function div(a: Tensor, b: Tensor): Tensor {
+  const out = T.div(a, b);
+  return record('div', [a, b], out, (g, [sb, so]) => {
+    const ga = T.div(g, sb!);
+    const t = T.mul(ga, so!);
+    const gb = T.neg(t);
+    return [using([ga], sumTo(ga, a.shape)), using([t, gb], sumTo(gb, b.shape))];
+  }, [b, out]);
+}
+
+export function neg(x: Tensor): Tensor {
+  return record('neg', [x], T.neg(x), (g) => [T.neg(g)]);
+}
+
+export function scale(x: Tensor, alpha: number): Tensor {
+  return record('scale', [x], T.scale(x, alpha), (g) => [T.scale(g, alpha)]);
+}
+
+export function exp(x: Tensor): Tensor {
+  const out = T.exp(x);
+  return record('exp', [x], out, (g, [y]) => [T.mul(g, y!)], [out]);
+}
+
+export function log(x: Tensor): Tensor {
+  return record('log', [x], T.log(x), (g, [sx]) => [T.div(g, sx!)], [x]);
+}
+
+export function sqrt(x: Tensor): Tensor {
+  const out = T.sqrt(x);
+  // d sqrt(x) = g / (2 sqrt(x))
+  return record('sqrt', [x], out, (g, [y]) => {
+    const h = T.div(g, y!);
+    return [using([h], T.scale(h, 0.5))];
+  }, [out]);
+}
+
+export function tanh(x: Tensor): Tensor {
+  const out = T.tanh(x);
+  // d tanh = g (1 - y^2)
+  return record('tanh', [x], out, (g, [y]) => {
+    const y2 = T.mul(y!, y!);
+    const gy2 = T.mul(g, y2);
+    return [using([y2, gy2], T.sub(g, gy2))];
+  }, [out]);
+}
+
+export function cast(x: Tensor, dtype: Tensor['dtype']): Tensor {
+  return record('cast', [x], T.cast(x, dtype), (g) => [g.to(x.dtype)]);
+}
+
+// ---- reductions -----------------------------------------------------------------------------------
+
+export function sum(x: Tensor, axis: number, keepdim = false): Tensor {
+  return record('sum', [x], T.sum(x, axis, keepdim), (g) => [expandBack(g, x.shape, axis, keepdim, 1)]);
+}
+
+export function mean(x: Tensor, axis: number, keepdim = false): Tensor {
+  const n = x.shape.at(axis)!;
+  return record('mean', [x], T.mean(x, axis, keepdim), (g) => [expandBack(g, x.shape, axis, keepdim, 1 / n)]);
+}
+
+/** The gradient of a reduction over `axis`: g broadcast back over it, times `factor`. */
+function expandBack(g: Tensor, shape: readonly number[], axis: number, keepdim: boolean, factor: number): Tensor {
+  const ax = axis < 0 ? axis + shape.length : axis;
+  const kept = keepdim ? g.view(g.shape, g.strides) : g.unsqueeze(ax);
+  const wide = kept.expand(shape);
+  const out = factor === 1 ? wide.contiguous() : T.scale(wide, factor);
+  return using([kept, wide], out);
+}
+
+// ---- matmul ---------------------------------------------------------------------------------------
+
+export function matmul(a: Tensor, b: Tensor): Tensor {
+  return record('matmul', [a, b], T.matmul(a, b), (g, [sa, sb]) => {
+    const bt = sb!.transpose(-1, -2), at = sa!.transpose(-1, -2);
+    const ga = T.matmul(g, bt), gb = T.matmul(at, g);
+    return [using([bt, ga], sumTo(ga, a.shape)), using([at, gb], sumTo(gb, b.shape))];
+  }, [a, b]);
+}
+
+/** torch.nn.functional.linear; a fused activation is recorded as its own op so its rule applies. */
+export function linear(x: Tensor, w: Tensor, bias: Tensor | null = null): Tensor {
+  return record('linear', [x, w, bias], T.linear(x, w, bias), (g, [sx, sw]) => {
+    const k = x.shape.at(-1)!, n = w.shape[0]!;
+    const g2 = g.reshape([-1, n]), x2 = sx!.reshape([-1, k]);
+    const gx = T.matmul(g2, sw!); // [R, N] @ [N, K]
+    const g2t = g2.transpose(0, 1);
+    const gw = T.matmul(g2t, x2); // [N, R] @ [R, K]
+    const gb = bias ? T.sum(g2, 0) : null;
+    const gxShaped = gx.reshape(x.shape);
+    return using([g2, x2, gx, g2t], [gxShaped, gw, gb]);
+  }, [x, w]);
+}
+
+// ---- layout ---------------------------------------------------------------------------------------
+
+export function reshape(x: Tensor, shape: readonly number[]): Tensor {
+  return record('reshape', [x], x.reshape(shape), (g) => [g.reshape(x.shape)]);
+}
+
+export function permute(x: Tensor, order: readonly number[]): Tensor {
+  const inverse = order.map((_, i) => order.findIndex((a) => (a < 0 ? a + order.length : a) === i));
+  return record('permute', [x], x.permute(order), (g) => [g.permute(inverse)]);
+}
+
+export function transpose(x: Tensor, a: number, b: number): Tensor {
+  return record('transpose', [x], x.transpose(a, b), (g) => [g.transpose(a, b)]);
+}
+
+export function slice(x: Tensor, axis: number, start: number, end: number, step = 1): Tensor {
+  return record('slice', [x], x.slice(axis, start, end, step), (g) => {
+    const full = Tensor.full(g.device, x.shape, 0, g.dtype);
+    const dst = full.slice(axis, start, end, step);
+    g.device.copy(g, dst);
+    return using([dst], [full]);
+  });
+}
+
+export function expand(x: Tensor, shape: readonly number[]): Tensor {
+  return record('expand', [x], x.expand(shape), (g) => [sumTo(g, x.shape)]);
+}
+
+export function cat(parts: Tensor[], axis: number): Tensor {
+  const ax = axis < 0 ? axis + parts[0]!.rank : axis;
+  return record('cat', parts, T.cat(parts, axis), (g) => {
+    let at = 0;
+    return parts.map((p) => {
+      const part = g.slice(ax, at, (at += p.shape[ax]!));
+      return using([part], part.contiguous());
+    });
+  });
+}
+
+export function split(x: Tensor, sizes: number[], axis: number): Tensor[] {
+  let at = 0;
+  return sizes.map((s) => {
+    const start = at;
+    at += s;
+    return slice(x, axis, start, start + s);
+  });
+}
+
+// ---- ops whose backward rule is not written yet: they refuse to run where a gradient is needed ----
+
+/** Wraps a forward-only op so that using it under gradient tracking fails loudly, never silently. */
+function forwardOnly<A extends unknown[]>(op: string, fn: (...args: A) => Tensor): (...args: A) => Tensor {
+  return (...args: A) => {
+    if (needsGrad(...args.flatMap((a) => (a instanceof Tensor ? [a] : Array.isArray(a) ? a.filter((x) => x instanceof Tensor) : []))))
+      throw new Error(`${op}: no backward rule yet; run it under noGrad() or detach its inputs`);
+    return fn(...args);
+  };
+}
+
+export const silu = forwardOnly('silu', T.silu);
+export const gelu = forwardOnly('gelu', T.gelu);
+export const quickGelu = forwardOnly('quickGelu', T.quickGelu);
+export const sigmoid = forwardOnly('sigmoid', T.sigmoid);
+export const rsqrt = forwardOnly('rsqrt', T.rsqrt);
+export const clamp = forwardOnly('clamp', T.clamp);
+export const maximum = forwardOnly('maximum', T.maximum);
+export const minimum = forwardOnly('minimum', T.minimum);
+export const pow = forwardOnly('pow', T.pow);
+export const where = forwardOnly('where', T.where);
+export const amax = forwardOnly('amax', T.amax);
+export const variance = forwardOnly('variance', T.variance);
+export const softmax = forwardOnly('softmax', T.softmax);
+export const layerNorm = forwardOnly('layerNorm', T.layerNorm);
+export const rmsNorm = forwardOnly('rmsNorm', T.rmsNorm);
+export const groupNorm = forwardOnly('groupNorm', T.groupNorm);
+export const attention = forwardOnly('attention', T.attention);
+export const rope = forwardOnly('rope', T.rope);
+export const conv2d = forwardOnly('conv2d', T.conv2d);
+export const upsampleNearest2x = forwardOnly('upsampleNearest2x', T.upsampleNearest2x);
+export const gather = forwardOnly('gather', T.gather);

@@ -1,0 +1,148 @@
+// The autograd tape. Differentiable ops (src/autograd/functional.ts) run the plain tensor op and,
+// when gradients are being tracked and an input needs one, attach a GradNode to the result: its
+// inputs, the tensors it saved, and its backward rule. backward() walks the nodes in reverse
+// topological order, accumulates leaf gradients into `.grad`, and releases every saved tensor and
+// intermediate gradient as soon as it has been consumed.
+import * as T from '../tensor/ops.ts';
+import { type GradNode, Tensor } from '../tensor/tensor.ts';
+
+let enabled = true;
+
+/** Runs fn without recording anything (inference, sampling, reward). */
+export function noGrad<R>(fn: () => R): R {
+  const prev = enabled;
+  enabled = false;
+  try {
+    return fn();
+  } finally {
+    enabled = prev;
+  }
+}
+
+export function isGradEnabled(): boolean {
+  return enabled;
+}
+
+/** Whether an op on these inputs must be recorded. */
+export function needsGrad(...inputs: readonly (Tensor | null | undefined)[]): boolean {
+  return enabled && inputs.some((t) => !!t && (t.requiresGrad || t.gradFn !== null));
+}
+
+/**
+ * Records `out = op(inputs)` when needed. `saved` tensors are retained (as views) until the node
+ * has run or the graph is dropped; the backward rule reads them, never the caller's handles.
+ */
+export function record(
+  op: string,
+  inputs: readonly (Tensor | null)[],
+  out: Tensor,
+  backward: (grad: Tensor, saved: Tensor[]) => (Tensor | null)[],
+  saved: readonly Tensor[] = [],
+): Tensor {
+  if (!needsGrad(...inputs)) return out;
+  let held: Tensor[] | null = saved.map((t) => t.view(t.shape, t.strides));
+  const node: GradNode = {
+    op,
+    inputs,
+    backward: (grad) => {
+      if (!held) throw new Error(`${op}: backward ran twice through the same graph (saved tensors were already released)`);
+      return backward(grad, held);
+    },
+    release: () => {
+      held?.forEach((t) => t.dispose());
+      held = null;
+    },
+  };
+  out.gradFn = node;
+  return out;
+}
+
+/** Nodes reachable from root, ordered so that every node comes after all nodes that consume it. */
+function topoOrder(root: Tensor): Tensor[] {
+  const order: Tensor[] = [];
+  const seen = new Set<Tensor>();
+  // Iterative DFS (graphs of a FLUX model are deep enough to overflow recursion).
+  const stack: [Tensor, number][] = [[root, 0]];
+  seen.add(root);
+  while (stack.length) {
+    const top = stack[stack.length - 1]!;
+    const [t, i] = top;
+    const inputs = t.gradFn?.inputs ?? [];
+    if (i < inputs.length) {
+      top[1]++;
+      const child = inputs[i];
+      if (child && child.gradFn && !seen.has(child)) {
+        seen.add(child);
+        stack.push([child, 0]);
+      }
+    } else {
+      stack.pop();
+      order.push(t);
+    }
+  }
+  return order.reverse();
+}
+
+/** Adds g into a leaf's .grad (g is consumed). */
+function accumulateLeaf(leaf: Tensor, g: Tensor): void {
+  if (!leaf.grad) {
+    leaf.grad = g.dtype === leaf.dtype ? g : g.to(leaf.dtype);
+    if (leaf.grad !== g) g.dispose();
+    return;
+  }
+  const sum = T.add(leaf.grad, g);
+  leaf.grad.dispose();
+  g.dispose();
+  leaf.grad = sum;
+}
+
+/**
+ * Backpropagates from `root`: a scalar (gradient 1) or any tensor with an explicit cotangent
+ * `grad` of its shape. Gradients accumulate into `.grad` of every leaf that requires one.
+ * The graph is consumed: its saved tensors are released.
+ */
+export function backward(root: Tensor, grad?: Tensor): void {
+  if (!root.gradFn && !root.requiresGrad) throw new Error(`backward: [${root.shape}] does not require grad (was it computed under noGrad?)`);
+  if (!grad && root.numel !== 1) throw new Error(`backward: root [${root.shape}] is not a scalar; pass its cotangent`);
+  if (grad && grad.numel !== root.numel) throw new Error(`backward: cotangent [${grad.shape}] does not match root [${root.shape}]`);
+  const rootGrad = grad ? grad.reshape(root.shape) : Tensor.full(root.device, root.shape, 1, root.dtype);
+  if (!root.gradFn) {
+    accumulateLeaf(root, rootGrad);
+    return;
+  }
+  const grads = new Map<Tensor, Tensor>([[root, rootGrad]]);
+  for (const t of topoOrder(root)) {
+    const node = t.gradFn!;
+    const g = grads.get(t);
+    grads.delete(t);
+    if (!g) {
+      node.release();
+      continue;
+    }
+    const inputGrads = noGrad(() => node.backward(g));
+    node.release();
+    g.dispose();
+    node.inputs.forEach((input, i) => {
+      const gi = inputGrads[i];
+      if (!gi) return;
+      if (!input || (!input.gradFn && !input.requiresGrad)) return gi.dispose();
+      if (!input.gradFn) return accumulateLeaf(input, gi);
+      const prev = grads.get(input);
+      if (!prev) grads.set(input, gi);
+      else {
+        grads.set(input, T.add(prev, gi));
+        prev.dispose();
+        gi.dispose();
+      }
+    });
+  }
+  for (const g of grads.values()) g.dispose();
+}
+
+/** Drops a graph that will not be backpropagated (releases every saved tensor). */
+export function releaseGraph(root: Tensor): void {
+  for (const t of topoOrder(root)) {
+    t.gradFn?.release();
+    t.gradFn = null;
+  }
+}
