@@ -86,9 +86,9 @@ describe('ownership', () => {
   test('ops free their temporaries', () => {
     const before = dev.memory().liveBuffers;
     const a = Tensor.from(dev, iota(12), [3, 4]);
-    const out = F.softmax(a.transpose(0, 1), 0);
-    out.dispose();
-    a.dispose();
+    const at = a.transpose(0, 1);
+    const out = F.softmax(at, 0); // moves the axis last and back: two layout copies inside
+    [out, at, a].forEach((t) => t.dispose());
     expect(dev.memory().liveBuffers).toBe(before);
   });
 });
@@ -115,7 +115,7 @@ describe('dtype encodings', () => {
     expect(f32ToF16Bits(3 * 2 ** -25)).toBe(0x0002);
     expect(f32ToF16Bits(1 + 2 ** -11)).toBe(0x3c00);
     expect(f32ToF16Bits(1 + 3 * 2 ** -11)).toBe(0x3c02);
-    for (const x of [0.1, -3.75, 1e-6, 12345.678]) expect(Math.abs(f16BitsToF32(f32ToF16Bits(x)) - x)).toBeLessThanOrEqual(Math.abs(x) * 2 ** -11);
+    for (const x of [0.1, -3.75, 7e-5, 12345.678]) expect(Math.abs(f16BitsToF32(f32ToF16Bits(x)) - x)).toBeLessThanOrEqual(Math.abs(x) * 2 ** -11);
   });
 
   test('casts through the device round like the host encoders', async () => {

@@ -147,6 +147,8 @@ export function linear(x: Tensor, w: Tensor, bias: Tensor | null = null): Tensor
 }
 
 // ---- layout ---------------------------------------------------------------------------------------
+// Tensor's own view methods (t.reshape, t.slice, ...) do not record: on a tensor that needs a gradient
+// use these, or the gradient stops there.
 
 export function reshape(x: Tensor, shape: readonly number[]): Tensor {
   return record('reshape', [x], x.reshape(shape), (g) => [g.reshape(x.shape)]);

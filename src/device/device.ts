@@ -69,7 +69,9 @@ export interface Conv2dParams {
 /** Every op of the interface, for capability queries and error messages. */
 export type OpName =
   | 'fill' | 'copy' | 'unary' | 'binary' | 'where' | 'reduce' | 'softmax' | 'layerNorm' | 'rmsNorm'
-  | 'groupNorm' | 'matmul' | 'attention' | 'rope' | 'conv2d' | 'upsampleNearest2x' | 'gather';
+  | 'groupNorm' | 'matmul' | 'attention' | 'rope' | 'conv2d' | 'upsampleNearest2x' | 'gather'
+  | 'unaryBackward' | 'softmaxBackward' | 'layerNormBackward' | 'rmsNormBackward' | 'attentionBackward'
+  | 'ropeBackward' | 'adamw';
 
 export interface DeviceCaps {
   /** Optional hardware features, e.g. 'shader-f16', 'subgroups', 'timestamp-query'. */
@@ -170,6 +172,47 @@ export interface Device {
   upsampleNearest2x(x: View, out: View): void;
   /** Row gather (embedding lookup). table: [V, D], index: [N] (i32), out: [N, D]. */
   gather(table: View, index: View, out: View): void;
+
+  // ---- backward ops (the gradients autograd cannot build from forward ops cheaply) --------------
+  // Gradient outputs are overwritten, never accumulated: the tape adds gradients itself.
+
+  /** dx = dy * op'(x), for every UnaryOp (same params as the forward). x, dy, dx: equal shapes. */
+  unaryBackward(op: UnaryOp, x: View, dy: View, dx: View, p?: UnaryParams): void;
+  /** dx = y * (dy - sum(dy * y)) over the last axis. y (softmax output), dy, dx: [R, D] contiguous. */
+  softmaxBackward(y: View, dy: View, dx: View): void;
+  /**
+   * LayerNorm backward over the last axis. x, dy, dx: [R, D]; weight: [D] or null;
+   * dweight, dbias: [D] or null (sums over the R rows).
+   */
+  layerNormBackward(x: View, weight: View | null, dy: View, dx: View, dweight: View | null, dbias: View | null, p: { eps: number }): void;
+  /** RMSNorm backward. x, dy, dx: [R, D]; weight: [D] or null; dweight: [D] or null. */
+  rmsNormBackward(x: View, weight: View | null, dy: View, dx: View, dweight: View | null, p: { eps: number }): void;
+  /**
+   * Attention backward from the forward's out and lse (probabilities are recomputed tile by tile,
+   * never stored). Shapes as attention(); dq like q, dk and dv like k.
+   */
+  attentionBackward(q: View, k: View, v: View, out: View, lse: View, dout: View, dq: View, dk: View, dv: View, p: AttentionParams): void;
+  /** The transposed rotation of rope(): dx from dy. dy, dx: [B, H, L, Dh]; cos, sin: [L, Dh]. */
+  ropeBackward(dy: View, cos: View, sin: View, dx: View): void;
+  /**
+   * One AdamW step in place, exactly torch.optim.AdamW's single-tensor path (torch 2.6):
+   * param *= 1 - lr*wd; m = m + (1-beta1)*(g - m); v = beta2*v + (1-beta2)*g*g;
+   * param -= stepSize * m / (sqrt(v) / bc2Sqrt + eps), with stepSize = lr / (1 - beta1^step) and
+   * bc2Sqrt = sqrt(1 - beta2^step) computed on the host in float64. param, grad, m, v: equal shapes, f32.
+   */
+  adamw(param: View, grad: View, m: View, v: View, p: AdamWParams): void;
+}
+
+export interface AdamWParams {
+  lr: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weightDecay: number;
+  /** lr / (1 - beta1^step), host float64. */
+  stepSize: number;
+  /** sqrt(1 - beta2^step), host float64. */
+  bc2Sqrt: number;
 }
 
 /** Thrown when a backend lacks an op or a dtype combination: never fall back silently. */

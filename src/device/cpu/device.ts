@@ -3,7 +3,7 @@
 // f64 tensors for finite differences, and runs tiny models end to end.
 import { DTYPE_BYTES, type DType, hostArrayFromBytes } from '../../tensor/dtype.ts';
 import {
-  type AttentionParams, type BinaryOp, type Conv2dParams, type Device, type DeviceBuffer, type DeviceCaps,
+  type AdamWParams, type AttentionParams, type BinaryOp, type Conv2dParams, type Device, type DeviceBuffer, type DeviceCaps,
   DeviceError, type MatmulParams, type MemoryStats, type OpName, type ReduceOp, type UnaryOp,
   type UnaryParams, UnsupportedOpError, type View, describeOp,
 } from '../device.ts';
@@ -15,6 +15,7 @@ import * as groupnorm from '../../kernels/groupnorm.cpu.ts';
 import * as matmul from '../../kernels/matmul.cpu.ts';
 import * as attention from '../../kernels/attention.cpu.ts';
 import * as conv from '../../kernels/conv.cpu.ts';
+import * as optim from '../../kernels/optim.cpu.ts';
 
 class CpuBuffer implements DeviceBuffer {
   freed = false;
@@ -130,6 +131,31 @@ export class CpuDevice implements Device {
   }
   upsampleNearest2x(x: View, out: View): void {
     this.op('upsampleNearest2x', [x], out, () => conv.refUpsampleNearest2x(this.host(x), this.host(out)));
+  }
+
+  unaryBackward(op: UnaryOp, x: View, dy: View, dx: View, p: UnaryParams = {}): void {
+    this.op('unaryBackward', [x, dy], dx, () => elementwise.refUnaryBackward(op, this.host(x), this.host(dy), this.host(dx), p));
+  }
+  softmaxBackward(y: View, dy: View, dx: View): void {
+    this.op('softmaxBackward', [y, dy], dx, () => reduce.refSoftmaxBackward(this.host(y), this.host(dy), this.host(dx)));
+  }
+  layerNormBackward(x: View, weight: View | null, dy: View, dx: View, dweight: View | null, dbias: View | null, p: { eps: number }): void {
+    this.op('layerNormBackward', [x, weight, dy], dx, () =>
+      norm.refLayerNormBackward(this.host(x), this.hostOrNull(weight), this.host(dy), this.host(dx), this.hostOrNull(dweight), this.hostOrNull(dbias), p));
+  }
+  rmsNormBackward(x: View, weight: View | null, dy: View, dx: View, dweight: View | null, p: { eps: number }): void {
+    this.op('rmsNormBackward', [x, weight, dy], dx, () =>
+      norm.refRmsNormBackward(this.host(x), this.hostOrNull(weight), this.host(dy), this.host(dx), this.hostOrNull(dweight), p));
+  }
+  attentionBackward(q: View, k: View, v: View, out: View, lse: View, dout: View, dq: View, dk: View, dv: View, p: AttentionParams): void {
+    this.op('attentionBackward', [q, k, v, out, lse, dout], dq, () =>
+      attention.refAttentionBackward(this.host(q), this.host(k), this.host(v), this.host(out), this.host(lse), this.host(dout), this.host(dq), this.host(dk), this.host(dv), p));
+  }
+  ropeBackward(dy: View, cos: View, sin: View, dx: View): void {
+    this.op('ropeBackward', [dy, cos, sin], dx, () => attention.refRopeBackward(this.host(dy), this.host(cos), this.host(sin), this.host(dx)));
+  }
+  adamw(param: View, grad: View, m: View, v: View, p: AdamWParams): void {
+    this.op('adamw', [grad, m, v], param, () => optim.refAdamW(this.host(param), this.host(grad), this.host(m), this.host(v), p));
   }
 
   private op(name: OpName, inputs: (View | null | undefined)[], out: View, run: () => void): void {

@@ -4,7 +4,7 @@
 import { create, globals } from 'webgpu';
 import type { DType } from '../../tensor/dtype.ts';
 import {
-  type AttentionParams, type BinaryOp, type Conv2dParams, type Device, type DeviceBuffer, type DeviceCaps,
+  type AdamWParams, type AttentionParams, type BinaryOp, type Conv2dParams, type Device, type DeviceBuffer, type DeviceCaps,
   DeviceError, type MatmulParams, type MemoryStats, type OpName, type ReduceOp, type UnaryOp,
   type UnaryParams, UnsupportedOpError, type View, describeOp,
 } from '../device.ts';
@@ -15,8 +15,10 @@ import * as reduce from '../../kernels/reduce.ts';
 import * as norm from '../../kernels/norm.ts';
 import * as groupnorm from '../../kernels/groupnorm.ts';
 import * as matmul from '../../kernels/matmul.ts';
+import { tuneMatmul } from '../../kernels/matmul_tuner.ts';
 import * as attention from '../../kernels/attention.ts';
 import * as conv from '../../kernels/conv.ts';
+import * as optim from '../../kernels/optim.ts';
 
 export interface WebGPUOptions {
   /** Substring of the adapter's name to pick (Dawn's `adapter=` option), e.g. "llvmpipe". */
@@ -95,6 +97,8 @@ export class WebGPUDevice implements Device, GpuContext {
     // The navigator object must outlive the device (Dawn tears down with it).
     const dev = new WebGPUDevice(gpu, name, `${info.vendor}|${info.architecture}|${info.device}|${info.description}`);
     (dev as unknown as { navigatorGpu: GPU }).navigatorGpu = navigatorGpu;
+    // Picks the matmul kernel variant for this adapter (cached on disk after the first time).
+    await tuneMatmul(dev);
     return dev;
   }
 
@@ -306,6 +310,28 @@ export class WebGPUDevice implements Device, GpuContext {
     this.op('conv2d', [x, w, bias], out, () => conv.gpuConv2d(this, x, w, bias, out, p));
   }
   upsampleNearest2x(x: View, out: View): void { this.op('upsampleNearest2x', [x], out, () => conv.gpuUpsampleNearest2x(this, x, out)); }
+
+  unaryBackward(op: UnaryOp, x: View, dy: View, dx: View, p: UnaryParams = {}): void {
+    this.op('unaryBackward', [x, dy], dx, () => elementwise.gpuUnaryBackward(this, op, x, dy, dx, p));
+  }
+  softmaxBackward(y: View, dy: View, dx: View): void {
+    this.op('softmaxBackward', [y, dy], dx, () => reduce.gpuSoftmaxBackward(this, y, dy, dx));
+  }
+  layerNormBackward(x: View, weight: View | null, dy: View, dx: View, dweight: View | null, dbias: View | null, p: { eps: number }): void {
+    this.op('layerNormBackward', [x, weight, dy], dx, () => norm.gpuLayerNormBackward(this, x, weight, dy, dx, dweight, dbias, p));
+  }
+  rmsNormBackward(x: View, weight: View | null, dy: View, dx: View, dweight: View | null, p: { eps: number }): void {
+    this.op('rmsNormBackward', [x, weight, dy], dx, () => norm.gpuRmsNormBackward(this, x, weight, dy, dx, dweight, p));
+  }
+  attentionBackward(q: View, k: View, v: View, out: View, lse: View, dout: View, dq: View, dk: View, dv: View, p: AttentionParams): void {
+    this.op('attentionBackward', [q, k, v, out, lse, dout], dq, () => attention.gpuAttentionBackward(this, q, k, v, out, lse, dout, dq, dk, dv, p));
+  }
+  ropeBackward(dy: View, cos: View, sin: View, dx: View): void {
+    this.op('ropeBackward', [dy, cos, sin], dx, () => attention.gpuRopeBackward(this, dy, cos, sin, dx));
+  }
+  adamw(param: View, grad: View, m: View, v: View, p: AdamWParams): void {
+    this.op('adamw', [grad, m, v], param, () => optim.gpuAdamW(this, param, grad, m, v, p));
+  }
 
   // ---- internals ------------------------------------------------------------------------------
 

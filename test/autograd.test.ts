@@ -1,0 +1,137 @@
+// The tape and its rules: every differentiable op against central finite differences in float64 on
+// the CPU reference, plus the tape's own contract (accumulation, noGrad, loud forward-only ops,
+// saved tensors released after backward).
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { CpuDevice } from '../src/device/cpu/device.ts';
+import type { Device } from '../src/device/device.ts';
+import { compare } from '../src/device/conformance.ts';
+import { WebGPUDevice } from '../src/device/webgpu/device.ts';
+import * as A from '../src/autograd/functional.ts';
+import { gradcheck } from '../src/autograd/gradcheck.ts';
+import { Tensor } from '../src/tensor/tensor.ts';
+
+const dev = new CpuDevice();
+
+/** Deterministic non-zero values in about [-1.5, 1.5] (or (0.5, 2) when positive). */
+function values(n: number, seed: number, positive = false): number[] {
+  let s = seed * 2654435761 >>> 0 || 1;
+  return Array.from({ length: n }, () => {
+    s ^= s << 13; s >>>= 0; s ^= s >>> 17; s ^= s << 5; s >>>= 0;
+    const u = s / 4294967296;
+    return positive ? 0.5 + 1.5 * u : 3 * u - 1.5 || 0.3;
+  });
+}
+const input = (shape: number[], seed: number, positive = false) => ({ shape, values: values(shape.reduce((a, b) => a * b, 1), seed, positive) });
+
+/** A scalar loss sum(out * w) with fixed random w, so every output element's gradient differs. */
+function weightedSum(out: Tensor): Tensor {
+  const w = Tensor.from(out.device, values(out.numel, 99), out.shape, out.dtype);
+  const prod = A.mul(out, w);
+  const flat = A.reshape(prod, [-1]);
+  const loss = A.sum(flat, 0);
+  [w, prod, flat].forEach((t) => t.dispose());
+  return loss;
+}
+
+const TOL = 1e-6;
+
+const cases: [string, (xs: Tensor[]) => Tensor, { shape: number[]; values: number[] }[]][] = [
+  ['add broadcast', ([a, b]) => A.add(a!, b!), [input([2, 3, 4], 1), input([3, 1], 2)]],
+  ['sub broadcast', ([a, b]) => A.sub(a!, b!), [input([4], 3), input([2, 3, 4], 4)]],
+  ['mul broadcast', ([a, b]) => A.mul(a!, b!), [input([2, 3, 4], 5), input([1, 3, 1], 6)]],
+  ['div broadcast', ([a, b]) => A.div(a!, b!), [input([2, 3], 7), input([3], 8, true)]],
+  ['neg', ([a]) => A.neg(a!), [input([5], 9)]],
+  ['scale', ([a]) => A.scale(a!, -1.75), [input([2, 5], 10)]],
+  ['exp', ([a]) => A.exp(a!), [input([3, 3], 11)]],
+  ['log', ([a]) => A.log(a!), [input([7], 12, true)]],
+  ['sqrt', ([a]) => A.sqrt(a!), [input([7], 13, true)]],
+  ['tanh', ([a]) => A.tanh(a!), [input([2, 4], 14)]],
+  ['sum axis 1', ([a]) => A.sum(a!, 1), [input([2, 3, 4], 15)]],
+  ['mean axis -1 keepdim', ([a]) => A.mean(a!, -1, true), [input([2, 3, 5], 16)]],
+  ['matmul batched', ([a, b]) => A.matmul(a!, b!), [input([2, 3, 4], 17), input([2, 4, 5], 18)]],
+  ['matmul shared b', ([a, b]) => A.matmul(a!, b!), [input([2, 3, 4], 19), input([4, 2], 20)]],
+  ['linear with bias', ([x, w, b]) => A.linear(x!, w!, b!), [input([2, 3, 4], 21), input([5, 4], 22), input([5], 23)]],
+  ['linear without bias', ([x, w]) => A.linear(x!, w!), [input([3, 4], 24), input([2, 4], 25)]],
+  ['reshape', ([a]) => A.reshape(a!, [3, 8]), [input([2, 3, 4], 26)]],
+  ['permute', ([a]) => A.permute(a!, [2, 0, 1]), [input([2, 3, 4], 27)]],
+  ['transpose', ([a]) => A.transpose(a!, 0, 2), [input([2, 3, 4], 28)]],
+  ['slice with step', ([a]) => A.slice(a!, 1, 1, 5, 2), [input([3, 6], 29)]],
+  ['expand', ([a]) => A.expand(a!, [2, 3, 4]), [input([3, 1], 30)]],
+  ['cat', ([a, b]) => A.cat([a!, b!], 1), [input([2, 3], 31), input([2, 2], 32)]],
+  ['split', ([a]) => { const [x, y] = A.split(a!, [1, 3], 1); const y0 = A.slice(y!, 1, 0, 1); const r = A.mul(x!, y0); [x!, y!, y0].forEach((t) => t.dispose()); return r; }, [input([2, 4], 33)]],
+  ['a tensor used twice', ([a]) => { const s = A.mul(a!, a!); const r = A.add(s, a!); s.dispose(); return r; }, [input([4], 34)]],
+];
+
+describe('finite differences (float64, CPU)', () => {
+  for (const [name, fn, inputs] of cases) {
+    test(name, async () => {
+      const before = dev.memory().liveBuffers;
+      const { errors } = await gradcheck(dev, (xs) => { const out = fn(xs); const l = weightedSum(out); out.dispose(); return l; }, inputs);
+      for (const e of errors) expect(e).toBeLessThan(TOL);
+      // Every saved tensor and intermediate gradient was released.
+      expect(dev.memory().liveBuffers).toBe(before);
+    });
+  }
+});
+
+/** The tape's gradients of every input in f32 on `d`. */
+async function gradsOn(d: Device, fn: (xs: Tensor[]) => Tensor, inputs: { shape: number[]; values: number[] }[]): Promise<Float64Array[]> {
+  const xs = inputs.map((x) => { const t = Tensor.from(d, x.values, x.shape, 'f32'); t.requiresGrad = true; return t; });
+  const out = fn(xs);
+  const loss = weightedSum(out);
+  A.backward(loss);
+  const grads = await Promise.all(xs.map((x) => x.grad!.toFloat64()));
+  [out, loss, ...xs.flatMap((x) => [x, x.grad!])].forEach((t) => t.dispose());
+  return grads;
+}
+
+describe('WebGPU gradients match the CPU backend (f32)', () => {
+  let gpu: WebGPUDevice;
+  beforeAll(async () => { gpu = await WebGPUDevice.create(); });
+  afterAll(() => gpu?.destroy());
+  for (const [name, fn, inputs] of cases) {
+    test(name, async () => {
+      const want = await gradsOn(dev, fn, inputs);
+      const got = await gradsOn(gpu, fn, inputs);
+      got.forEach((g, i) => expect(compare(g, want[i]!).rel).toBeLessThan(1e-5));
+    });
+  }
+});
+
+describe('tape', () => {
+  test('gradients accumulate across backward calls', async () => {
+    const x = Tensor.from(dev, [1, 2, 3], [3], 'f64');
+    x.requiresGrad = true;
+    for (let i = 0; i < 2; i++) {
+      const y = A.mul(x, x);
+      const l = A.sum(y, 0);
+      A.backward(l);
+      [y, l].forEach((t) => t.dispose());
+    }
+    expect(Array.from(await x.grad!.toFloat64())).toEqual([4, 8, 12]);
+  });
+
+  test('noGrad records nothing', () => {
+    const x = Tensor.from(dev, [1, 2], [2], 'f64');
+    x.requiresGrad = true;
+    const y = A.noGrad(() => A.mul(x, x));
+    expect(y.gradFn).toBeNull();
+    expect(() => A.backward(A.noGrad(() => A.sum(y, 0)))).toThrow(/does not require grad/);
+  });
+
+  test('forward-only ops refuse to run under gradient tracking', () => {
+    const x = Tensor.from(dev, [1, 2], [2], 'f64');
+    x.requiresGrad = true;
+    expect(() => A.conv2d(x, x, null)).toThrow(/conv2d: no backward rule yet/);
+    expect(A.noGrad(() => A.silu(x)).shape).toEqual([2]);
+  });
+
+  test('a cotangent of the root shape drives non-scalar roots', async () => {
+    const x = Tensor.from(dev, [1, 2, 3, 4], [2, 2], 'f64');
+    x.requiresGrad = true;
+    const y = A.scale(x, 3);
+    A.backward(y, Tensor.from(dev, [1, 0, -1, 2], [2, 2], 'f64'));
+    expect(Array.from(await x.grad!.toFloat64())).toEqual([3, 0, -3, 6]);
+    expect(() => A.backward(A.scale(x, 2))).toThrow(/not a scalar/);
+  });
+});
