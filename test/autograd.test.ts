@@ -59,6 +59,15 @@ const cases: [string, (xs: Tensor[]) => Tensor, { shape: number[]; values: numbe
   ['expand', ([a]) => A.expand(a!, [2, 3, 4]), [input([3, 1], 30)]],
   ['cat', ([a, b]) => A.cat([a!, b!], 1), [input([2, 3], 31), input([2, 2], 32)]],
   ['split', ([a]) => { const [x, y] = A.split(a!, [1, 3], 1); const y0 = A.slice(y!, 1, 0, 1); const r = A.mul(x!, y0); [x!, y!, y0].forEach((t) => t.dispose()); return r; }, [input([2, 4], 33)]],
+  ['silu', ([a]) => A.silu(a!), [input([2, 5], 35)]],
+  ['gelu erf', ([a]) => A.gelu(a!), [input([2, 5], 36)]],
+  ['gelu tanh', ([a]) => A.gelu(a!, 'tanh'), [input([2, 5], 37)]],
+  ['quick gelu', ([a]) => A.quickGelu(a!), [input([2, 5], 38)]],
+  ['sigmoid', ([a]) => A.sigmoid(a!), [input([6], 39)]],
+  ['rsqrt', ([a]) => A.rsqrt(a!), [input([6], 40, true)]],
+  ['clamp', ([a]) => A.clamp(a!, -0.7, 0.9), [input([3, 4], 41)]],
+  ['softmax last axis', ([a]) => A.softmax(a!), [input([3, 5], 42)]],
+  ['softmax axis 0', ([a]) => A.softmax(a!, 0), [input([3, 2, 4], 43)]],
   ['a tensor used twice', ([a]) => { const s = A.mul(a!, a!); const r = A.add(s, a!); s.dispose(); return r; }, [input([4], 34)]],
 ];
 

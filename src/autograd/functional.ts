@@ -2,6 +2,7 @@
 // its forward call plus its backward rule. Models import this module; under noGrad() it is exactly
 // the plain ops. Rules are written with tensor ops so every backend gets them for free; the ones
 // whose gradient needs a kernel of its own (norms, attention, activations) call backward device ops.
+import type { UnaryOp, UnaryParams } from '../device/device.ts';
 import * as T from '../tensor/ops.ts';
 import { Tensor } from '../tensor/tensor.ts';
 import { needsGrad, record } from './tape.ts';
@@ -69,6 +70,18 @@ export function neg(x: Tensor): Tensor {
 export function scale(x: Tensor, alpha: number): Tensor {
   return record('scale', [x], T.scale(x, alpha), (g) => [T.scale(g, alpha)]);
 }
+
+/** An activation whose gradient is the device's unaryBackward of the same op. */
+function activation(op: UnaryOp, x: Tensor, p?: UnaryParams): Tensor {
+  return record(op, [x], T.unary(op, x, p), (g, [sx]) => [T.unaryBackward(op, sx!, g, p)], [x]);
+}
+
+export const silu = (x: Tensor) => activation('silu', x);
+export const gelu = (x: Tensor, approximate: 'none' | 'tanh' = 'none') => activation(approximate === 'tanh' ? 'gelu_tanh' : 'gelu_erf', x);
+export const quickGelu = (x: Tensor) => activation('quick_gelu', x);
+export const sigmoid = (x: Tensor) => activation('sigmoid', x);
+export const rsqrt = (x: Tensor) => activation('rsqrt', x);
+export const clamp = (x: Tensor, lo: number, hi: number) => activation('clamp', x, { lo, hi });
 
 export function exp(x: Tensor): Tensor {
   const out = T.exp(x);
@@ -196,6 +209,46 @@ export function split(x: Tensor, sizes: number[], axis: number): Tensor[] {
   });
 }
 
+// ---- normalisation, softmax, attention, rope --------------------------------------------------------
+
+/** Softmax along `axis`; other axes than the last go through recorded transposes. */
+export function softmax(x: Tensor, axis = -1): Tensor {
+  const ax = axis < 0 ? axis + x.rank : axis;
+  if (ax !== x.rank - 1) {
+    const moved = transpose(x, ax, -1);
+    const s = softmax(moved, -1);
+    const back = transpose(s, ax, -1);
+    return using([moved, s], back);
+  }
+  const out = T.softmax(x, -1);
+  return record('softmax', [x], out, (g, [y]) => [T.softmaxBackward(y!, g)], [out]);
+}
+
+export function layerNorm(x: Tensor, weight: Tensor | null, bias: Tensor | null, eps = 1e-5): Tensor {
+  const out = T.layerNorm(x, weight, bias, eps);
+  return record('layerNorm', [x, weight, bias], out, (g, [sx, sw]) => T.layerNormBackward(sx!, sw ?? null, bias !== null, g, eps), weight ? [x, weight] : [x]);
+}
+
+export function rmsNorm(x: Tensor, weight: Tensor | null, eps = 1e-6): Tensor {
+  const out = T.rmsNorm(x, weight, eps);
+  return record('rmsNorm', [x, weight], out, (g, [sx, sw]) => T.rmsNormBackward(sx!, sw ?? null, g, eps), weight ? [x, weight] : [x]);
+}
+
+/** Scaled dot-product attention; when recorded, the forward also keeps its log-sum-exp for backward. */
+export function attention(q: Tensor, k: Tensor, v: Tensor, opts: { causal?: boolean; scale?: number } = {}): Tensor {
+  if (!needsGrad(q, k, v)) return T.attention(q, k, v, opts);
+  const [out, lse] = T.attentionWithLse(q, k, v, opts);
+  const recorded = record('attention', [q, k, v], out, (g, [sq, sk, sv, so, sl]) => T.attentionBackward(sq!, sk!, sv!, so!, sl!, g, opts), [q, k, v, out, lse]);
+  lse.dispose();
+  return recorded;
+}
+
+/** FLUX rotary embedding; cos/sin are constants (no gradient flows to them). */
+export function rope(x: Tensor, cos: Tensor, sin: Tensor): Tensor {
+  if (needsGrad(cos, sin)) throw new Error('rope: cos/sin tables must not require grad');
+  return record('rope', [x], T.rope(x, cos, sin), (g, [c, s]) => [T.ropeBackward(g, c!, s!)], [cos, sin]);
+}
+
 // ---- ops whose backward rule is not written yet: they refuse to run where a gradient is needed ----
 
 /** Wraps a forward-only op so that using it under gradient tracking fails loudly, never silently. */
@@ -207,24 +260,13 @@ function forwardOnly<A extends unknown[]>(op: string, fn: (...args: A) => Tensor
   };
 }
 
-export const silu = forwardOnly('silu', T.silu);
-export const gelu = forwardOnly('gelu', T.gelu);
-export const quickGelu = forwardOnly('quickGelu', T.quickGelu);
-export const sigmoid = forwardOnly('sigmoid', T.sigmoid);
-export const rsqrt = forwardOnly('rsqrt', T.rsqrt);
-export const clamp = forwardOnly('clamp', T.clamp);
 export const maximum = forwardOnly('maximum', T.maximum);
 export const minimum = forwardOnly('minimum', T.minimum);
 export const pow = forwardOnly('pow', T.pow);
 export const where = forwardOnly('where', T.where);
 export const amax = forwardOnly('amax', T.amax);
 export const variance = forwardOnly('variance', T.variance);
-export const softmax = forwardOnly('softmax', T.softmax);
-export const layerNorm = forwardOnly('layerNorm', T.layerNorm);
-export const rmsNorm = forwardOnly('rmsNorm', T.rmsNorm);
 export const groupNorm = forwardOnly('groupNorm', T.groupNorm);
-export const attention = forwardOnly('attention', T.attention);
-export const rope = forwardOnly('rope', T.rope);
 export const conv2d = forwardOnly('conv2d', T.conv2d);
 export const upsampleNearest2x = forwardOnly('upsampleNearest2x', T.upsampleNearest2x);
 export const gather = forwardOnly('gather', T.gather);

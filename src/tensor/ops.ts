@@ -313,3 +313,76 @@ export function split(x: Tensor, sizes: number[], axis: number): Tensor[] {
   let at = 0;
   return sizes.map((s) => x.slice(ax, at, (at += s)));
 }
+
+// ---- backward ops (used by the autograd rules) --------------------------------------------------------
+
+/** dx = dy * op'(x). */
+export function unaryBackward(op: UnaryOp, x: Tensor, dy: Tensor, p?: UnaryParams): Tensor {
+  const dx = Tensor.empty(x.device, x.shape, x.dtype);
+  if (dx.numel > 0) x.device.unaryBackward(op, x, dy, dx, p);
+  return dx;
+}
+
+/** Softmax backward over the last axis from the forward's output y. */
+export function softmaxBackward(y: Tensor, dy: Tensor): Tensor {
+  return withDense([y, dy], (yd, dyd) => {
+    const dx = Tensor.empty(y.device, y.shape, y.dtype);
+    y.device.softmaxBackward(yd!, dyd!, dx);
+    return dx;
+  });
+}
+
+/** LayerNorm backward over the last axis: [dx, dweight | null, dbias | null]. */
+export function layerNormBackward(x: Tensor, weight: Tensor | null, hasBias: boolean, dy: Tensor, eps: number): [Tensor, Tensor | null, Tensor | null] {
+  const d = x.shape.at(-1)!;
+  return withDense([x, dy], (xd, dyd) => {
+    const dx = Tensor.empty(x.device, x.shape, x.dtype);
+    const dw = weight ? Tensor.empty(x.device, [d], x.dtype) : null;
+    const db = hasBias ? Tensor.empty(x.device, [d], x.dtype) : null;
+    x.device.layerNormBackward(xd!, weight, dyd!, dx, dw, db, { eps });
+    return [dx, dw, db];
+  });
+}
+
+/** RMSNorm backward over the last axis: [dx, dweight | null]. */
+export function rmsNormBackward(x: Tensor, weight: Tensor | null, dy: Tensor, eps: number): [Tensor, Tensor | null] {
+  const d = x.shape.at(-1)!;
+  return withDense([x, dy], (xd, dyd) => {
+    const dx = Tensor.empty(x.device, x.shape, x.dtype);
+    const dw = weight ? Tensor.empty(x.device, [d], x.dtype) : null;
+    x.device.rmsNormBackward(xd!, weight, dyd!, dx, dw, { eps });
+    return [dx, dw];
+  });
+}
+
+/** Attention that also returns the row log-sum-exp [B, H, Lq] its backward needs. */
+export function attentionWithLse(q: Tensor, k: Tensor, v: Tensor, opts: { causal?: boolean; scale?: number } = {}): [Tensor, Tensor] {
+  const [b, h, lq, dh] = q.shape as [number, number, number, number];
+  return withDense([q, k, v], (qd, kd, vd) => {
+    const out = Tensor.empty(q.device, q.shape, q.dtype);
+    const lse = Tensor.empty(q.device, [b, h, lq], q.dtype);
+    q.device.attention(qd!, kd!, vd!, out, { scale: opts.scale ?? 1 / Math.sqrt(dh), causal: opts.causal ?? false }, lse);
+    return [out, lse];
+  });
+}
+
+/** Attention backward: [dq, dk, dv]. */
+export function attentionBackward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dout: Tensor, opts: { causal?: boolean; scale?: number } = {}): [Tensor, Tensor, Tensor] {
+  const dh = q.shape[3]!;
+  return withDense([q, k, v, out, lse, dout], (qd, kd, vd, od, ld, dod) => {
+    const dq = Tensor.empty(q.device, q.shape, q.dtype);
+    const dk = Tensor.empty(q.device, k.shape, q.dtype);
+    const dv = Tensor.empty(q.device, v.shape, q.dtype);
+    q.device.attentionBackward(qd!, kd!, vd!, od!, ld!, dod!, dq, dk, dv, { scale: opts.scale ?? 1 / Math.sqrt(dh), causal: opts.causal ?? false });
+    return [dq, dk, dv];
+  });
+}
+
+/** The transposed rotation of rope(). */
+export function ropeBackward(dy: Tensor, cos: Tensor, sin: Tensor): Tensor {
+  return withDense([dy, cos, sin], (dyd, cd, sd) => {
+    const dx = Tensor.empty(dy.device, dy.shape, dy.dtype);
+    dy.device.ropeBackward(dyd!, cd!, sd!, dx);
+    return dx;
+  });
+}

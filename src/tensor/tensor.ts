@@ -45,15 +45,19 @@ export class Tensor implements View {
   /** Set on results of recorded ops while gradients are being tracked. */
   gradFn: GradNode | null = null;
 
+  /** An own field, not a getter, so that `{ ...tensor }` is still a valid View. */
+  readonly buf: DeviceBuffer;
+
   constructor(
     readonly storage: Storage,
     readonly dtype: DType,
     readonly shape: readonly number[],
     readonly strides: readonly number[],
     readonly offset = 0,
-  ) {}
+  ) {
+    this.buf = storage.buf;
+  }
 
-  get buf(): DeviceBuffer { return this.storage.buf; }
   get device(): Device { return this.storage.device; }
   get rank(): number { return this.shape.length; }
   get numel(): number { return numel(this.shape); }

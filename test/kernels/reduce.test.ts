@@ -1,0 +1,87 @@
+// Reductions (sum, mean, max, min, var) and softmax: every conformance case on WebGPU in the layout
+// its adapter picks and in the other one (lavapipe takes a thread per output; this also runs the
+// tree reductions real GPUs get), and on the CPU backend in f32, all against the CPU float64
+// reference; then the errors a caller gets for bad shapes. (Operands larger than one binding are
+// tested with the elementwise family, which owns the splitting.)
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { CpuDevice } from '../../src/device/cpu/device.ts';
+import { type CaseResult, runConformance } from '../../src/device/conformance.ts';
+import type { Device, ReduceOp, View } from '../../src/device/device.ts';
+import { WebGPUDevice } from '../../src/device/webgpu/device.ts';
+import { isCpuAdapter } from '../../src/kernels/norm.ts';
+import { gpuReduce, gpuSoftmax, reduceLayout } from '../../src/kernels/reduce.ts';
+import { cases } from '../../src/kernels/reduce.cases.ts';
+import { contiguousStrides, numel } from '../../src/tensor/shape.ts';
+
+let webgpu: WebGPUDevice;
+let cpu: CpuDevice;
+const results = new Map<string, CaseResult[]>();
+
+/** The WebGPU device with the other layout than its adapter picks. */
+function otherLayout(dev: WebGPUDevice): Device {
+  const tree = isCpuAdapter(dev);
+  return new Proxy(dev, {
+    get(target, prop) {
+      if (prop === 'reduce') {
+        return (op: ReduceOp, x: View, out: View, p: { outer: number; n: number; inner: number; correction?: number }) =>
+          gpuReduce(dev, op, x, out, p, reduceLayout(dev, p.n, p.inner, tree));
+      }
+      if (prop === 'softmax') return (x: View, out: View) => gpuSoftmax(dev, x, out, reduceLayout(dev, x.shape.at(-1)!, 1, tree));
+      const v = Reflect.get(target, prop, target);
+      return typeof v === 'function' ? v.bind(target) : v;
+    },
+  });
+}
+
+beforeAll(async () => {
+  webgpu = await WebGPUDevice.create();
+  cpu = new CpuDevice();
+  results.set('webgpu', await runConformance(webgpu, cpu, cases));
+  results.set('webgpu, other layout', await runConformance(otherLayout(webgpu), cpu, cases));
+  results.set('cpu', await runConformance(cpu, cpu, cases));
+});
+
+afterAll(() => webgpu?.destroy());
+
+test('case names are unique', () => {
+  expect(new Set(cases.map((c) => c.name)).size).toBe(cases.length);
+});
+
+describe.each(['webgpu', 'webgpu, other layout', 'cpu'])('%s against the f64 reference', (device) => {
+  test.each(cases.map((c) => c.name))('%s', (name) => {
+    const r = results.get(device)!.find((x) => x.name === name)!;
+    console.log(`${device} ${name}: rel L2 ${r.errors.map((e) => e.toExponential(2)).join(', ')}, max abs ${r.maxAbsError.toExponential(2)}`);
+    expect(r.note).toBeUndefined();
+    expect(r.pass).toBe(true);
+  });
+});
+
+function view(dev: Device, shape: number[], strides = contiguousStrides(shape), offset = 0): View {
+  return { buf: dev.alloc((numel(shape) + offset + 16) * 4), dtype: 'f32', shape, strides, offset };
+}
+
+// ---- errors -------------------------------------------------------------------------------------------
+
+describe.each(['webgpu', 'cpu'])('%s rejects', (device) => {
+  const dev = () => (device === 'webgpu' ? webgpu : cpu) as Device;
+
+  test('dims that do not match x or out, naming the shapes', () => {
+    expect(() => dev().reduce('sum', view(dev(), [4, 5]), view(dev(), [4]), { outer: 4, n: 6, inner: 1 }))
+      .toThrow(/reduce \[4,5\]:f32 -> \[4\]:f32: x \[4,5\] does not hold \[outer=4, n=6, inner=1\]/);
+    expect(() => dev().reduce('mean', view(dev(), [4, 5]), view(dev(), [5]), { outer: 4, n: 5, inner: 1 }))
+      .toThrow(/out \[5\] does not hold \[outer=4, inner=1\]/);
+    expect(() => dev().reduce('max', view(dev(), [3, 0]), view(dev(), [3]), { outer: 3, n: 0, inner: 1 }))
+      .toThrow(/cannot reduce an empty axis \(x \[3,0\]\)/);
+  });
+
+  test('a softmax output of another shape', () => {
+    expect(() => dev().softmax(view(dev(), [3, 8]), view(dev(), [8, 3])))
+      .toThrow(/softmax \[3,8\]:f32 -> \[8,3\]:f32: softmax wants x and out of one shape \[\.\.\., D\]; got x \[3,8\], out \[8,3\]/);
+  });
+});
+
+test('webgpu rejects a strided x, naming its strides', () => {
+  expect(() => webgpu.reduce('sum', view(webgpu, [4, 5], [1, 4]), view(webgpu, [4]), { outer: 4, n: 5, inner: 1 }))
+    .toThrow(/reduce sum wants a dense x; got \[4,5\] strides \[1,4\]/);
+  expect(() => webgpu.softmax(view(webgpu, [4, 5], [1, 4]), view(webgpu, [4, 5]))).toThrow(/softmax wants a dense x/);
+});
