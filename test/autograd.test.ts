@@ -144,3 +144,35 @@ describe('tape', () => {
     expect(() => A.backward(A.scale(x, 2))).toThrow(/not a scalar/);
   });
 });
+
+describe('gradient checkpointing', () => {
+  test('gives the same gradients as the plain graph and keeps no activations', async () => {
+    const run = async (useCheckpoint: boolean) => {
+      const w1 = Tensor.from(dev, values(12, 50), [4, 3], 'f64');
+      const w2 = Tensor.from(dev, values(8, 51), [2, 4], 'f64');
+      const x = Tensor.from(dev, values(15, 52), [5, 3], 'f64');
+      [w1, w2, x].forEach((t) => (t.requiresGrad = true));
+      const block = ([inp]: Tensor[]) => {
+        const h = A.linear(inp!, w1);
+        const a = A.gelu(h, 'tanh');
+        const y = A.linear(a, w2);
+        [h, a].forEach((t) => t.dispose());
+        return y;
+      };
+      const before = dev.memory().liveBuffers;
+      const y = useCheckpoint ? A.checkpoint(block, [x], [w1, w2]) : block([x]);
+      // Held after the forward: the output, plus the activations the graph saved.
+      const held = dev.memory().liveBuffers - before;
+      const loss = weightedSum(y);
+      A.backward(loss);
+      const grads = await Promise.all([w1, w2, x].map((t) => t.grad!.toFloat64()));
+      [y, loss, w1, w2, x, w1.grad!, w2.grad!, x.grad!].forEach((t) => t.dispose());
+      return { grads, held };
+    };
+    const plain = await run(false);
+    const ckpt = await run(true);
+    ckpt.grads.forEach((g, i) => expect(Array.from(g)).toEqual(Array.from(plain.grads[i]!)));
+    expect(ckpt.held).toBe(1); // only the output
+    expect(plain.held).toBeGreaterThan(1); // h, a saved for backward
+  });
+});

@@ -7,7 +7,7 @@ import * as T from '../tensor/ops.ts';
 import { Tensor } from '../tensor/tensor.ts';
 import { needsGrad, record } from './tape.ts';
 
-export { noGrad, backward, isGradEnabled, releaseGraph } from './tape.ts';
+export { noGrad, backward, checkpoint, isGradEnabled, releaseGraph } from './tape.ts';
 
 /** Sums a broadcast gradient back to `shape` (leading and size-1 axes). */
 export function sumTo(g: Tensor, shape: readonly number[]): Tensor {

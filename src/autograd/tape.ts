@@ -146,3 +146,41 @@ export function releaseGraph(root: Tensor): void {
     t.gradFn = null;
   }
 }
+
+/** Runs fn with gradient tracking on (inside a backward rule, which otherwise runs under noGrad). */
+function withGrad<R>(fn: () => R): R {
+  const prev = enabled;
+  enabled = true;
+  try {
+    return fn();
+  } finally {
+    enabled = prev;
+  }
+}
+
+/**
+ * Gradient checkpointing: runs `fn` without recording, so none of its activations are kept, and
+ * recomputes it with recording during backward. `params` are the trainable tensors `fn` reads
+ * besides `inputs` (their gradients accumulate directly into `.grad` during the recomputation).
+ * fn must be deterministic (no random draws): the recomputation must see the same values.
+ */
+export function checkpoint(fn: (inputs: Tensor[]) => Tensor, inputs: Tensor[], params: readonly Tensor[]): Tensor {
+  if (!needsGrad(...inputs, ...params)) return fn(inputs);
+  const out = noGrad(() => fn(inputs));
+  return record('checkpoint', inputs, out, (g, saved) => {
+    const detached = saved.map((t) => {
+      const d = t.view(t.shape, t.strides);
+      d.requiresGrad = true;
+      return d;
+    });
+    const y = withGrad(() => fn(detached));
+    withGrad(() => backward(y, g));
+    y.dispose();
+    return detached.map((d) => {
+      const grad = d.grad;
+      d.grad = null;
+      d.dispose();
+      return grad;
+    });
+  }, inputs);
+}
