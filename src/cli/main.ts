@@ -1,9 +1,10 @@
 // The `flux-grpo` executable: one command per job (train, sample, score, report, align join later).
 import { type Command, parseFlags, usage } from './args.ts';
 import { bench } from './bench.ts';
+import { score } from './score.ts';
 import { verifyDevice } from './verify_device.ts';
 
-const COMMANDS: Command[] = [verifyDevice, bench];
+const COMMANDS: Command[] = [verifyDevice, bench, score];
 
 function help(): string {
   return [

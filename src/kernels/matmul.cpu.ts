@@ -2,6 +2,7 @@
 // store), and the shape checks the WebGPU launcher shares.
 import type { Activation } from '../device/device.ts';
 import { isContiguous } from '../tensor/shape.ts';
+import { unaryFn } from './elementwise.cpu.ts';
 import { type HostView, get, set } from './reference.ts';
 
 /** The sizes of one matmul: out[b] = A[b] @ B[b or 0], A [M, K], B [K, N]. */
@@ -40,30 +41,6 @@ export function matmulDims(a: Shaped, b: Shaped, out: Shaped, p: { transA?: bool
   return { batch, m, n, k, broadcastB: bb === 1 && batch > 1 };
 }
 
-/**
- * erf(x) to double precision: (2/sqrt(pi)) exp(-x^2) sum_n (2x^2)^n x / (2n+1)!!, a series of
- * positive terms (no cancellation) that needs about 2x^2 + 30 terms; |x| > 6 is 1 in float64.
- */
-export function erf(x: number): number {
-  if (Math.abs(x) > 6) return Math.sign(x);
-  const x2 = x * x;
-  let term = x, sum = x;
-  for (let n = 1; Math.abs(term) > 1e-17 * Math.abs(sum); n++) {
-    term *= (2 * x2) / (2 * n + 1);
-    sum += term;
-  }
-  return (2 / Math.sqrt(Math.PI)) * Math.exp(-x2) * sum;
-}
-
-export function activate(act: Activation, x: number): number {
-  switch (act) {
-    case 'none': return x;
-    case 'silu': return x / (1 + Math.exp(-x));
-    case 'gelu_tanh': return 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x * x * x)));
-    case 'gelu_erf': return 0.5 * x * (1 + erf(x / Math.SQRT2));
-  }
-}
-
 /** out[b] = act(A[b] @ B[b or 0] + bias). */
 export function refMatmul(
   a: HostView, // (Ba, M, K), or (Ba, K, M) if transA
@@ -72,6 +49,7 @@ export function refMatmul(
   p: { transA?: boolean; transB?: boolean; bias?: HostView | null; act?: Activation }, // bias: (N) or null
 ): void {
   const { batch, m, n, k } = matmulDims(a, b, out, p);
+  const act = !p.act || p.act === 'none' ? (x: number) => x : unaryFn(p.act);
   const bBatch = b.shape[0]!;
   for (let bi = 0; bi < batch; bi++) {
     const ab = bi * m * k, bb = (bBatch === 1 ? 0 : bi) * k * n;
@@ -84,7 +62,7 @@ export function refMatmul(
           acc += av * bv;
         }
         if (p.bias) acc += get(p.bias, j);
-        set(out, (bi * m + i) * n + j, activate(p.act ?? 'none', acc));
+        set(out, (bi * m + i) * n + j, act(acc));
       }
     }
   }

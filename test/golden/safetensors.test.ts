@@ -11,6 +11,8 @@ import { goldenCases, readJson } from './golden.ts';
 // expected.json speaks torch dtype names.
 const TORCH_DTYPE: Record<StDType, string> = {
   F64: 'float64', F32: 'float32', F16: 'float16', BF16: 'bfloat16', I64: 'int64', I32: 'int32', I16: 'int16', I8: 'int8', U8: 'uint8', BOOL: 'bool',
+  U16: 'uint16', U32: 'uint32', U64: 'uint64', C64: 'complex64', F8_E5M2: 'float8_e5m2', F8_E4M3: 'float8_e4m3fn', F8_E8M0: 'float8_e8m0fnu',
+  F8_E4M3FNUZ: 'float8_e4m3fnuz', F8_E5M2FNUZ: 'float8_e5m2fnuz', F4: 'float4_e2m1fn_x2', F6_E2M3: 'float6_e2m3fn', F6_E3M2: 'float6_e3m2fn',
 };
 
 interface ExpectedTensor { dtype: string; shape: number[]; bytes: number; sha256: string; hex?: string }

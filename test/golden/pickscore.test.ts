@@ -1,0 +1,151 @@
+// The PickScore reward (a transformers CLIPModel) against every pickscore_reward* golden case: the CLIP
+// image processor (PIL bicubic resize of the 8-bit image, centre crop, rescale, normalise), the fast
+// tokenizer's ids, normalised image/text embeddings and the score matrix, on the CPU reference and on
+// WebGPU; then createReward('pickscore') scoring every (prompt, image) pair in one call.
+import { basename, join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CpuDevice } from '../../src/device/cpu/device.ts';
+import type { Device } from '../../src/device/device.ts';
+import { WebGPUDevice } from '../../src/device/webgpu/device.ts';
+import { createReward } from '../../src/grpo/rewards.ts';
+import { ClipTokenizer } from '../../src/io/clip_tokenizer.ts';
+import { readPng } from '../../src/io/png.ts';
+import { readSafetensors, stToFloat64, type StFile } from '../../src/io/safetensors.ts';
+import { loadHfClip } from '../../src/models/clip/load.ts';
+import type { ClipModel } from '../../src/models/clip/model.ts';
+import { clipImageProcessorConfig, clipImageProcessorSteps, stackChw } from '../../src/models/clip/preprocess.ts';
+import { Tensor } from '../../src/tensor/tensor.ts';
+import { GOLDEN_DIR, goldenCases, readJson } from './golden.ts';
+
+function relL2(got: ArrayLike<number>, want: ArrayLike<number>): number {
+  if (got.length !== want.length) throw new Error(`length ${got.length} vs ${want.length}`);
+  let num = 0, den = 0;
+  for (let i = 0; i < want.length; i++) {
+    num += (got[i]! - want[i]!) ** 2;
+    den += want[i]! ** 2;
+  }
+  return den === 0 ? Math.sqrt(num) : Math.sqrt(num / den);
+}
+
+function maxAbs(got: ArrayLike<number>, want: ArrayLike<number>): number {
+  if (got.length !== want.length) throw new Error(`length ${got.length} vs ${want.length}`);
+  let m = 0;
+  for (let i = 0; i < want.length; i++) m = Math.max(m, Math.abs(got[i]! - want[i]!));
+  return m;
+}
+
+function tensorOf(st: StFile, name: string): { shape: number[]; data: Float64Array } {
+  const t = st.tensors.get(name);
+  if (!t) throw new Error(`${st.path}: no tensor ${name}`);
+  return { shape: t.shape, data: stToFloat64(t) };
+}
+
+const cases = goldenCases('pickscore_reward');
+
+it('golden pickscore_reward cases exist', () => {
+  expect(cases, `no pickscore_reward cases under ${GOLDEN_DIR}`).not.toEqual([]);
+});
+
+const devices: Record<string, Device> = {};
+beforeAll(async () => {
+  devices.cpu = new CpuDevice();
+  devices.webgpu = await WebGPUDevice.create();
+});
+afterAll(() => devices.webgpu?.destroy());
+
+for (const dir of cases) {
+  const name = basename(dir);
+  const c = readJson(join(dir, 'case.json'));
+  const tol = c.tolerances;
+  const expected = readSafetensors(join(dir, 'expected.safetensors'));
+  const prompts: string[] = c.prompts;
+  const imageFiles: string[] = c.images;
+  const images = imageFiles.map((f) => readPng(join(dir, f)));
+  const procDir = join(dir, 'processor');
+  const modelDir = join(dir, 'model');
+  const proc = clipImageProcessorConfig(readJson(join(procDir, 'preprocessor_config.json')));
+  const tokenizer = ClipTokenizer.fromDir(procDir, { variant: 'hf_fast', padding: 'longest' });
+  const processed = images.map((im) => clipImageProcessorSteps(im, proc));
+
+  describe(`${name}: processor (host)`, () => {
+    it(`${name}: PIL bicubic resize of the shortest side (uint8)`, () => {
+      processed.forEach((p, i) => {
+        const want = tensorOf(expected, `image_${i}.resized_uint8`);
+        expect([p.resized.height, p.resized.width, 3], `image_${i} resized shape`).toEqual(want.shape);
+        const err = maxAbs(p.resized.rgb, want.data);
+        console.log(`${name} image_${i}.resized_uint8: max abs ${err} levels (tol ${tol.resized_uint8_max_abs})`);
+        expect(err).toBeLessThanOrEqual(tol.resized_uint8_max_abs);
+      });
+    });
+
+    it(`${name}: pixel_values after crop, rescale and normalise`, () => {
+      processed.forEach((p, i) => {
+        const want = tensorOf(expected, `image_${i}.pixel_values`);
+        const pv = p.pixelValues;
+        expect([pv.channels, pv.height, pv.width]).toEqual(want.shape);
+        const err = relL2(pv.data, want.data);
+        console.log(`${name} image_${i}.pixel_values: rel L2 ${err.toExponential(2)} (tol ${tol.pixel_values})`);
+        expect(err).toBeLessThanOrEqual(tol.pixel_values);
+      });
+    });
+
+    it(`${name}: fast tokenizer ids`, () => {
+      prompts.forEach((p, j) => {
+        expect(Array.from(tokenizer.tokenize([p]).inputIds), p).toEqual(Array.from(tensorOf(expected, `prompt_${j}.input_ids`).data));
+      });
+    });
+  });
+
+  describe.each(['cpu', 'webgpu'])(`${name} on %s`, (kind) => {
+    let model: ClipModel;
+    const imageEmbs: Float64Array[] = [];
+    const textEmbs: Float64Array[] = [];
+
+    beforeAll(async () => {
+      const dev = devices[kind]!;
+      model = loadHfClip(dev, modelDir);
+      // All images in one batch; each prompt as DanceGRPO tokenizes it (alone, padding=True adds nothing).
+      const { data, shape } = stackChw(processed.map((p) => p.pixelValues));
+      const pixels = Tensor.from(dev, data, shape);
+      const img = model.imageFeatures(pixels);
+      const flat = await img.toFloat64();
+      const e = img.shape[1]!;
+      for (let i = 0; i < images.length; i++) imageEmbs.push(flat.slice(i * e, (i + 1) * e));
+      [pixels, img].forEach((t) => t.dispose());
+      for (const p of prompts) {
+        const b = tokenizer.tokenize([p]);
+        const t = model.textFeatures({ ids: b.inputIds, shape: b.shape });
+        textEmbs.push(await t.toFloat64());
+        t.dispose();
+      }
+    });
+
+    afterAll(() => model?.dispose());
+
+    it(`${name} ${kind}: normalised image and text embeddings`, () => {
+      imageEmbs.forEach((got, i) => {
+        const err = relL2(got, tensorOf(expected, `image_${i}.image_embs`).data);
+        console.log(`${name} ${kind} image_${i}.image_embs: rel L2 ${err.toExponential(2)} (tol ${tol.float32_outputs})`);
+        expect(err).toBeLessThanOrEqual(tol.float32_outputs);
+      });
+      textEmbs.forEach((got, j) => {
+        const err = relL2(got, tensorOf(expected, `prompt_${j}.text_embs`).data);
+        console.log(`${name} ${kind} prompt_${j}.text_embs: rel L2 ${err.toExponential(2)} (tol ${tol.float32_outputs})`);
+        expect(err).toBeLessThanOrEqual(tol.float32_outputs);
+      });
+    });
+
+    it(`${name} ${kind}: createReward('pickscore') on every (prompt, image) pair in one call`, async () => {
+      const reward = createReward('pickscore', { device: devices[kind], ckpt: modelDir, tokenizer: procDir });
+      const pairs = prompts.flatMap((p) => images.map((im) => ({ p, im })));
+      const scores = await reward.score(pairs.map((x) => x.im), pairs.map((x) => x.p));
+      reward.dispose();
+      const want = tensorOf(expected, 'scores'); // [prompts, images]
+      expect(want.shape).toEqual([prompts.length, images.length]);
+      const err = maxAbs(scores, want.data);
+      console.log(`${name} ${kind} scores: max abs ${err.toExponential(2)} (tol ${tol.scores_abs})`);
+      expect(err).toBeLessThanOrEqual(tol.scores_abs);
+    });
+  });
+}
+
