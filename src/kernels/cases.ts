@@ -7,5 +7,6 @@ import { cases as groupnorm } from './groupnorm.cases.ts';
 import { cases as matmul } from './matmul.cases.ts';
 import { cases as attention } from './attention.cases.ts';
 import { cases as conv } from './conv.cases.ts';
+import { cases as optim } from './optim.cases.ts';
 
-export const ALL_CASES: OpCase[] = [...elementwise, ...reduce, ...norm, ...groupnorm, ...matmul, ...attention, ...conv];
+export const ALL_CASES: OpCase[] = [...elementwise, ...reduce, ...norm, ...groupnorm, ...matmul, ...attention, ...conv, ...optim];

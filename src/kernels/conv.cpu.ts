@@ -16,21 +16,21 @@ export function conv2dShapes(x: { shape: readonly number[] }, w: { shape: readon
   out: { shape: readonly number[] }, p: Conv2dParams) {
   const str = (s: readonly number[]) => `[${s.join(',')}]`;
   if (x.shape.length !== 4 || w.shape.length !== 4 || out.shape.length !== 4) {
-    throw new Error(`conv2d wants x [B,Cin,Hh,Ww], w [Cout,Cin,kh,kw], out [B,Cout,Ho,Wo]; got x ${str(x.shape)}, w ${str(w.shape)}, out ${str(out.shape)}`);
+    throw new Error(`expected x [B,Cin,Hh,Ww], w [Cout,Cin,kh,kw], out [B,Cout,Ho,Wo]; got x ${str(x.shape)}, w ${str(w.shape)}, out ${str(out.shape)}`);
   }
   const [b, cin, h, wd] = x.shape as [number, number, number, number];
   const [cout, cin2, kh, kw] = w.shape as [number, number, number, number];
   const [sh, sw] = p.stride;
   const [ph, pw] = p.padding;
   if (![sh, sw].every((s) => Number.isInteger(s) && s >= 1) || ![ph, pw].every((q) => Number.isInteger(q) && q >= 0)) {
-    throw new Error(`conv2d: stride [${p.stride}] must be integers >= 1 and padding [${p.padding}] integers >= 0`);
+    throw new Error(`stride [${p.stride}] must be integers >= 1 and padding [${p.padding}] integers >= 0`);
   }
-  if (cin !== cin2) throw new Error(`conv2d: x ${str(x.shape)} has ${cin} input channels but w ${str(w.shape)} expects ${cin2}`);
-  if (bias && (bias.shape.length !== 1 || bias.shape[0] !== cout)) throw new Error(`conv2d: bias ${str(bias.shape)} should be [${cout}]`);
+  if (cin !== cin2) throw new Error(`x ${str(x.shape)} has ${cin} input channels but w ${str(w.shape)} expects ${cin2}`);
+  if (bias && (bias.shape.length !== 1 || bias.shape[0] !== cout)) throw new Error(`bias ${str(bias.shape)} should be [${cout}]`);
   const ho = convOutSize(h, kh, sh, ph), wo = convOutSize(wd, kw, sw, pw);
-  if (ho < 1 || wo < 1) throw new Error(`conv2d: kernel ${kh}x${kw} does not fit x ${str(x.shape)} with padding [${p.padding}]`);
+  if (ho < 1 || wo < 1) throw new Error(`kernel ${kh}x${kw} does not fit x ${str(x.shape)} with padding [${p.padding}]`);
   const want = [b, cout, ho, wo];
-  if (!want.every((d, i) => d === out.shape[i])) throw new Error(`conv2d: out ${str(out.shape)} should be ${str(want)}`);
+  if (!want.every((d, i) => d === out.shape[i])) throw new Error(`out ${str(out.shape)} should be ${str(want)}`);
   return { b, cin, h, w: wd, cout, kh, kw, ho, wo, sh, sw, ph, pw };
 }
 
@@ -66,7 +66,7 @@ export function refConv2d(x: HostView, w: HostView, bias: HostView | null, out: 
 export function upsampleShapes(x: { shape: readonly number[] }, out: { shape: readonly number[] }) {
   const [b, c, h, w] = x.shape as [number, number, number, number];
   if (x.shape.length !== 4 || out.shape.length !== 4 || out.shape[0] !== b || out.shape[1] !== c || out.shape[2] !== 2 * h || out.shape[3] !== 2 * w) {
-    throw new Error(`upsampleNearest2x: x [${x.shape.join(',')}] -> out [${out.shape.join(',')}], want out [${b},${c},${2 * h},${2 * w}]`);
+    throw new Error(`x [${x.shape.join(',')}] -> out [${out.shape.join(',')}], want out [${b},${c},${2 * h},${2 * w}]`);
   }
   return { b, c, h, w };
 }

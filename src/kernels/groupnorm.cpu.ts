@@ -6,12 +6,12 @@ import { type HostView, set, toArray } from './reference.ts';
 export function groupNormShapes(x: { shape: readonly number[] }, weight: { shape: readonly number[] } | null, bias: { shape: readonly number[] } | null,
   out: { shape: readonly number[] }, p: { groups: number; eps: number }) {
   const str = (s: readonly number[]) => `[${s.join(',')}]`;
-  if (x.shape.length !== 3) throw new Error(`groupNorm wants x [B,C,S], got ${str(x.shape)}`);
+  if (x.shape.length !== 3) throw new Error(`expected x [B,C,S], got ${str(x.shape)}`);
   const [b, c, s] = x.shape as [number, number, number];
-  if (out.shape.length !== 3 || out.shape.some((d, i) => d !== x.shape[i])) throw new Error(`groupNorm: out ${str(out.shape)} should be ${str(x.shape)}`);
-  if (!Number.isInteger(p.groups) || p.groups < 1 || c % p.groups !== 0) throw new Error(`groupNorm: ${c} channels do not split into ${p.groups} groups`);
+  if (out.shape.length !== 3 || out.shape.some((d, i) => d !== x.shape[i])) throw new Error(`out ${str(out.shape)} should be ${str(x.shape)}`);
+  if (!Number.isInteger(p.groups) || p.groups < 1 || c % p.groups !== 0) throw new Error(`${c} channels do not split into ${p.groups} groups`);
   for (const [name, v] of [['weight', weight], ['bias', bias]] as const) {
-    if (v && (v.shape.length !== 1 || v.shape[0] !== c)) throw new Error(`groupNorm: ${name} ${str(v.shape)} should be [${c}]`);
+    if (v && (v.shape.length !== 1 || v.shape[0] !== c)) throw new Error(`${name} ${str(v.shape)} should be [${c}]`);
   }
   return { b, c, s, groups: p.groups, cg: c / p.groups };
 }

@@ -2,18 +2,21 @@
 // FLUX VAE, up to 4 x 518400 at 720x720, so one workgroup per group would leave a GPU idle):
 //  1. stats:     one workgroup per (batch, channel, chunk of CHUNK_ITEMS*wg pixels) computes the
 //                count, mean and sum of squared deviations (M2) of its chunk: Welford per invocation,
-//                then Chan's pairwise merge across the workgroup. Robust for inputs with a large mean,
-//                where sum and sum-of-squares would cancel catastrophically in f32.
+//                then Chan's pairwise merge across the workgroup.
 //  2. finalize:  one workgroup per (batch, group) merges its Cg*chunks partials the same way and
-//                stores mean and 1/sqrt(var + eps).
+//                stores the group's mean and 1/sqrt(var + eps).
 //  3. normalize: one workgroup per (batch, channel, chunk) applies (x - mean) * rstd * w + b.
+// Inputs with a large mean: Welford avoids the cancellation of sum and sum of squares, and every
+// mean is kept relative to a pivot, an element of the data (each chunk's first element, then the
+// group's first): x - pivot and differences of pivots are of the order of the spread, so nothing
+// ever rounds at the magnitude of the mean, and the result is as accurate as for centred data.
 // Partials and stats live in a small scratch buffer owned by this module (one per device). x and
 // out may be strided; tensors larger than one binding are split over batch and channels.
 import type { View } from '../device/device.ts';
 import type { GpuContext } from '../device/webgpu/context.ts';
 import { Params } from '../device/webgpu/context.ts';
 import { numel } from '../tensor/shape.ts';
-import { bindView, narrow, spanBytes } from './conv.ts';
+import { bindView, fitsBinding, narrow } from './conv.ts';
 import { groupNormShapes } from './groupnorm.cpu.ts';
 
 /** Elements each invocation reduces or normalises per chunk. */
@@ -65,9 +68,10 @@ function statsWgsl(wg: number): string {
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
   let row = p.xOff + wid.z * p.xsb + wid.y * p.xsc;
   let end = min((wid.x + 1u) * p.chunk, p.s);
+  let pivot = x[row + wid.x * p.chunk * p.xss];
   var st = vec3<f32>(0.0);
   for (var i = wid.x * p.chunk + li; i < end; i += WG) {
-    let v = x[row + i * p.xss];
+    let v = x[row + i * p.xss] - pivot;
     st.x += 1.0;
     let d = v - st.y;
     st.y += d / st.x;
@@ -75,10 +79,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   }
   st = mergeWorkgroup(st, li);
   if (li == 0u) {
-    let k = (((p.b0 + wid.z) * p.c + p.c0 + wid.y) * p.chunks + wid.x) * 3u;
+    let k = (((p.b0 + wid.z) * p.c + p.c0 + wid.y) * p.chunks + wid.x) * 4u;
     scratch[k] = st.x;
-    scratch[k + 1u] = st.y;
-    scratch[k + 2u] = st.z;
+    scratch[k + 1u] = pivot;
+    scratch[k + 2u] = st.y;
+    scratch[k + 3u] = st.z;
   }
 }
 `;
@@ -94,16 +99,19 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let b = wid.y;
   let first = (b * p.c + g * p.cg) * p.chunks; // the group's partials are consecutive
   let n = p.cg * p.chunks;
+  let pivot = scratch[first * 4u + 1u];
   var st = vec3<f32>(0.0);
   for (var j = li; j < n; j += WG) {
-    let k = (first + j) * 3u;
-    st = merge(st, vec3<f32>(scratch[k], scratch[k + 1u], scratch[k + 2u]));
+    let k = (first + j) * 4u;
+    // The partial's mean moved from its own pivot to the group's.
+    st = merge(st, vec3<f32>(scratch[k], (scratch[k + 1u] - pivot) + scratch[k + 2u], scratch[k + 3u]));
   }
   st = mergeWorkgroup(st, li);
   if (li == 0u) {
-    let k = p.statsOff + (b * p.groups + g) * 2u;
-    scratch[k] = st.y;
-    scratch[k + 1u] = inverseSqrt(st.z / st.x + p.eps);
+    let k = p.statsOff + (b * p.groups + g) * 3u;
+    scratch[k] = pivot;
+    scratch[k + 1u] = st.y;
+    scratch[k + 2u] = inverseSqrt(st.z / st.x + p.eps);
   }
 }
 `;
@@ -121,9 +129,10 @@ function normalizeWgsl(wg: number): string {
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
   let b = p.b0 + wid.z;
   let c = p.c0 + wid.y;
-  let k = p.statsOff + (b * p.groups + c / p.cg) * 2u;
-  let mean = scratch[k];
-  var scale = scratch[k + 1u];
+  let k = p.statsOff + (b * p.groups + c / p.cg) * 3u;
+  let pivot = scratch[k];
+  let mean = scratch[k + 1u]; // relative to the pivot
+  var scale = scratch[k + 2u];
   if (p.hasW != 0u) { scale *= weight[p.wOff + c * p.ws]; }
   var shift = 0.0;
   if (p.hasB != 0u) { shift = bias[p.bOff + c * p.bs]; }
@@ -131,8 +140,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let orow = p.oOff + wid.z * p.osb + wid.y * p.osc;
   let end = min((wid.x + 1u) * p.chunk, p.s);
   for (var i = wid.x * p.chunk + li; i < end; i += WG) {
-    // Subtract the mean first: x * scale + (shift - mean * scale) loses digits when |mean| >> std.
-    out[orow + i * p.oss] = (x[xr + i * p.xss] - mean) * scale + shift;
+    out[orow + i * p.oss] = ((x[xr + i * p.xss] - pivot) - mean) * scale + shift;
   }
 }
 `;
@@ -160,19 +168,19 @@ export function gpuGroupNorm(ctx: GpuContext, x: View, weight: View | null, bias
   const wg = Math.min(256, ctx.limits.maxInvocations);
   const chunk = wg * CHUNK_ITEMS;
   const chunks = Math.ceil(s.s / chunk);
-  const statsOff = 3 * s.b * s.c * chunks;
-  const scratchBytes = (statsOff + 2 * s.b * s.groups) * 4;
-  if (scratchBytes > ctx.limits.maxBindingBytes) throw new Error(`groupNorm: ${scratchBytes} bytes of partial statistics exceed one binding`);
+  const statsOff = 4 * s.b * s.c * chunks;
+  const scratchBytes = (statsOff + 3 * s.b * s.groups) * 4;
+  if (scratchBytes > ctx.limits.maxBindingBytes) throw new Error(`${scratchBytes} bytes of partial statistics exceed one binding`);
   const scratch = { buffer: scratchFor(ctx, scratchBytes), offset: 0, size: scratchBytes };
 
   // Split over batch, then channels, until x and out fit one binding each.
   const limit = ctx.limits.maxBindingBytes;
   let nb = s.b, nc = s.c;
-  const fits = () => [x, out].every((v) => spanBytes(ctx, narrow(v, [0, 0, 0], [nb, nc, s.s])) <= limit);
+  const fits = () => [x, out].every((v) => fitsBinding(ctx, narrow(v, [0, 0, 0], [nb, nc, s.s])));
   while (!fits()) {
     if (nb > 1) nb = Math.ceil(nb / 2);
     else if (nc > 1) nc = Math.ceil(nc / 2);
-    else throw new Error(`groupNorm: one channel row of x [${x.shape.join(',')}] exceeds the ${limit}-byte binding limit`);
+    else throw new Error(`one channel row of x [${x.shape.join(',')}] exceeds the ${limit}-byte binding limit`);
   }
   const wb = weight ? bindView(ctx, weight) : null;
   const bb = bias ? bindView(ctx, bias) : null;

@@ -1,8 +1,16 @@
 // torch.randn / rand / randint / randperm on the CPU generator, reproducing torch 2.6's kernels
-// bit for bit (x86-64 AVX2 CPU capability, which AVX512 machines also run: normal_stub has no
-// AVX512 kernel). Each function cites the torch source it follows.
+// bit for bit as x86-64 machines with AVX2 run them (AVX512 machines too: normal_stub registers no
+// AVX512 kernel, so they fall back to AVX2), with x86-64 glibc's libm. Each function cites the
+// torch source it follows.
+//
+// Not reproduced: torch at the DEFAULT CPU capability (no AVX2: ATEN_CPU_CAPABILITY=default, and
+// non-x86 hosts such as aarch64) fills float32 tensors of >= 16 contiguous elements with
+// normal_fill<float> (logf / cosf / sinf) instead of normal_fill_AVX2, which changes the last bits
+// of about 40% of those draws (the golden case's cpu_capability_default.safetensors). The engine
+// words each call consumes, and on x86-64 every other path, are the same there.
 import { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits } from '../tensor/dtype.ts';
 import { normalFill16Avx2 } from './avx2_normal.ts';
+import * as glibc from './glibc_math.ts';
 import type { Generator } from './generator.ts';
 
 export type RandDType = 'f32' | 'bf16' | 'f16' | 'f64';
@@ -45,8 +53,8 @@ function uniformDigits(g: Generator, digits: number): number {
 /**
  * at::normal_distribution<double> (core/DistributionsHelper.h): returns the cached r*sin half of
  * the previous pair if there is one (no words), otherwise draws u1, u2 (random64() each),
- * r = sqrt(-2 log1p(-u2)), theta = 2 pi u1, caches r*sin(theta) and returns r*cos(theta).
- * transformation::normal(x, 0, 1) = x*1 + 0 turns -0 into +0.
+ * r = sqrt(-2 log1p(-u2)), theta = 2 pi u1, caches r*sin(theta) and returns r*cos(theta), with
+ * glibc's log1p and sincos. transformation::normal(x, 0, 1) = x*1 + 0 turns -0 into +0.
  */
 function normalDouble(g: Generator): number {
   const cached = g.nextDoubleNormal;
@@ -56,42 +64,64 @@ function normalDouble(g: Generator): number {
   }
   const u1 = uniform53(g);
   const u2 = uniform53(g);
-  const r = Math.sqrt(-2 * Math.log1p(-u2));
-  const theta = 2 * Math.PI * u1;
-  g.nextDoubleNormal = r * Math.sin(theta);
-  return r * Math.cos(theta) + 0;
+  const r = Math.sqrt(-2 * glibc.log1p(-u2));
+  glibc.sincos(2 * Math.PI * u1);
+  g.nextDoubleNormal = r * glibc.sinOut;
+  return r * glibc.cosOut + 0;
 }
 
-/** Rounds a float result to bf16 / f16 and back: every c10::BFloat16 / c10::Half operation
- * computes in float and rounds to the 16-bit type (c10/util/BFloat16-inl.h, Half-inl.h). */
-const roundBf16 = (x: number): number => bf16BitsToF32(f32ToBf16Bits(x));
-const roundF16 = (x: number): number => f16BitsToF32(f32ToF16Bits(x));
-
-/**
- * normal_fill_16<scalar_t> for float64 (round = identity) and for BFloat16/Half (round = to the
- * 16-bit type after each op; the 16-bit rounding goes through float first, as torch's does).
- * std::log/cos/sin/sqrt of a BFloat16/Half evaluate the float function and round
- * (c10/util/BFloat16-math.h); Math.* rounded to float then to 16 bits gives the same bits as
- * glibc's logf/sinf/cosf then that rounding for every positive bf16 and f16 input below 8
- * (checked exhaustively against glibc). theta = 2.0f * pi<double> * u2 is a double product
- * converted to the element type. `+ 0`: x*std + mean with std 1, mean 0 turns -0 into +0.
- */
-function normalFill16(data: Float64Array, o: number, round: (x: number) => number): void {
+/** normal_fill_16<double> (native/cpu/DistributionTemplates.h) with glibc's log and sincos:
+ * u1 = 1 - data[j], u2 = data[j+8], radius = sqrt(-2 log u1), theta = 2 pi u2. */
+function normalFill16F64(data: Float64Array, o: number): void {
   for (let j = 0; j < 8; j++) {
-    const u1 = round(1 - data[o + j]!);
-    const radius = round(Math.sqrt(round(-2 * round(Math.log(u1)))));
-    const theta = round(2 * Math.PI * data[o + j + 8]!);
-    data[o + j] = round(radius * round(Math.cos(theta))) + 0;
-    data[o + j + 8] = round(radius * round(Math.sin(theta))) + 0;
+    const radius = Math.sqrt(-2 * glibc.log(1 - data[o + j]!));
+    glibc.sincos(2 * Math.PI * data[o + j + 8]!);
+    data[o + j] = radius * glibc.cosOut + 0;
+    data[o + j + 8] = radius * glibc.sinOut + 0;
   }
 }
 
-const identity = (x: number): number => x;
+interface HalfTables {
+  radius: Float64Array;
+  cos: Float64Array;
+  sin: Float64Array;
+}
+const halfTables = new Map<'bf16' | 'f16', HalfTables>();
+
+/**
+ * normal_fill_16<BFloat16 | Half> (native/cpu/DistributionTemplates.h), tabulated: a bf16 / f16
+ * uniform is k * 2^-digits, so radius = sqrt(-2 log(1 - u)) and cos / sin(2 pi u) take only 2^8 /
+ * 2^11 values. Every c10::BFloat16 / Half operation computes in float and rounds to the 16-bit type
+ * (c10/util/BFloat16-inl.h, Half-inl.h), through float first as torch's conversions do; std::log /
+ * cos / sin / sqrt of a BFloat16 / Half evaluate the float function and round
+ * (c10/util/BFloat16-math.h). Math.* rounded to float then to 16 bits gives the same bits as
+ * glibc's logf / sinf / cosf then that rounding for every positive bf16 and f16 input below 8
+ * (checked exhaustively against glibc). theta = 2.0f * pi<double> * u2 is a double product
+ * converted to the element type.
+ */
+function tablesFor(dtype: 'bf16' | 'f16'): HalfTables {
+  let t = halfTables.get(dtype);
+  if (t) return t;
+  const digits = dtype === 'bf16' ? 8 : 11;
+  const round = dtype === 'bf16' ? (x: number) => bf16BitsToF32(f32ToBf16Bits(x)) : (x: number) => f16BitsToF32(f32ToF16Bits(x));
+  const size = 1 << digits;
+  t = { radius: new Float64Array(size), cos: new Float64Array(size), sin: new Float64Array(size) };
+  for (let k = 0; k < size; k++) {
+    const u = k * 2 ** -digits;
+    t.radius[k] = round(Math.sqrt(round(-2 * round(Math.log(round(1 - u))))));
+    const theta = round(2 * Math.PI * u);
+    t.cos[k] = round(Math.cos(theta));
+    t.sin[k] = round(Math.sin(theta));
+  }
+  halfTables.set(dtype, t);
+  return t;
+}
 
 /**
  * normal_fill / normal_fill_AVX2 (native/cpu/DistributionTemplates.h): one uniform per element,
- * then Box-Muller on each full block of 16; if numel % 16 != 0 the last 16 elements are redrawn
- * with 16 fresh uniforms and transformed again (numel + 16 words, twice that for float64).
+ * then Box-Muller on each full block of 16 (u1 = 1 - data[j], u2 = data[j+8]); if numel % 16 != 0
+ * the last 16 elements are redrawn with 16 fresh uniforms and transformed again (numel + 16 words,
+ * twice that for float64). The 16-bit types keep the uniforms as their integers k.
  */
 function normalVector(g: Generator, n: number, dtype: RandDType): RandArray {
   if (dtype === 'f32') {
@@ -104,16 +134,37 @@ function normalVector(g: Generator, n: number, dtype: RandDType): RandArray {
     }
     return data;
   }
-  const draw = dtype === 'f64' ? () => uniform53(g) : dtype === 'bf16' ? () => uniformDigits(g, 8) : () => uniformDigits(g, 11);
-  const round = dtype === 'f64' ? identity : dtype === 'bf16' ? roundBf16 : roundF16;
-  const data = new Float64Array(n);
-  for (let i = 0; i < n; i++) data[i] = draw();
-  for (let i = 0; i + 16 <= n; i += 16) normalFill16(data, i, round);
-  if (n % 16 !== 0) {
-    for (let i = n - 16; i < n; i++) data[i] = draw();
-    normalFill16(data, n - 16, round);
+  if (dtype === 'f64') {
+    const data = new Float64Array(n);
+    for (let i = 0; i < n; i++) data[i] = uniform53(g);
+    for (let i = 0; i + 16 <= n; i += 16) normalFill16F64(data, i);
+    if (n % 16 !== 0) {
+      for (let i = n - 16; i < n; i++) data[i] = uniform53(g);
+      normalFill16F64(data, n - 16);
+    }
+    return data;
   }
-  return dtype === 'f64' ? data : encode(data, dtype);
+  const mask = dtype === 'bf16' ? 0xff : 0x7ff;
+  const toBits = dtype === 'bf16' ? f32ToBf16Bits : f32ToF16Bits;
+  const { radius, cos, sin } = tablesFor(dtype);
+  const k = new Uint16Array(n);
+  const out = new Uint16Array(n);
+  // radius * cos is exact in double (two 16-bit significands), so toBits rounds once, via float,
+  // as the BFloat16 / Half product does; `+ 0` is x*std + mean turning -0 into +0.
+  const fill16 = (o: number) => {
+    for (let j = 0; j < 8; j++) {
+      const r = radius[k[o + j]!]!;
+      out[o + j] = toBits(r * cos[k[o + j + 8]!]! + 0);
+      out[o + j + 8] = toBits(r * sin[k[o + j + 8]!]! + 0);
+    }
+  };
+  for (let i = 0; i < n; i++) k[i] = g.random() & mask;
+  for (let i = 0; i + 16 <= n; i += 16) fill16(i);
+  if (n % 16 !== 0) {
+    for (let i = n - 16; i < n; i++) k[i] = g.random() & mask;
+    fill16(n - 16);
+  }
+  return out;
 }
 
 /** static_cast<scalar_t>(double): double -> float -> 16-bit type, as torch's casts do. */

@@ -15,8 +15,7 @@ import { goldenCases, readJson } from './golden.ts';
 type Value = bigint | Value[] | { dtype: string };
 
 function tokenize(src: string): string[] {
-  const tokens = src.match(/\*\*|[A-Za-z_][A-Za-z0-9_.]*|\d+|[-+*(),=]|\S/g) ?? [];
-  return tokens;
+  return src.match(/\*\*|[A-Za-z_][A-Za-z0-9_.]*|\d+|[-+*(),=]|\S/g) ?? [];
 }
 
 class Parser {
@@ -63,22 +62,29 @@ class Parser {
     return v;
   }
   private product(): Value {
-    let v = this.power();
+    let v = this.unary();
     while (this.peek() === '*') {
       this.take();
-      v = asInt(v) * asInt(this.power());
+      v = asInt(v) * asInt(this.unary());
     }
     return v;
   }
+  /** Python's precedence: -2**40 is -(2**40), and 2**-1 is not an integer. */
+  private unary(): Value {
+    if (this.peek() !== '-') return this.power();
+    this.take();
+    return -asInt(this.unary());
+  }
   private power(): Value {
-    const base = this.unary();
+    const base = this.atom();
     if (this.peek() !== '**') return base;
     this.take();
-    return asInt(base) ** asInt(this.power());
+    const exp = asInt(this.unary());
+    if (exp < 0n) throw new Error(`negative power in ${this.src}`);
+    return asInt(base) ** exp;
   }
-  private unary(): Value {
+  private atom(): Value {
     const t = this.take();
-    if (t === '-') return -asInt(this.unary());
     if (/^\d+$/.test(t)) return BigInt(t);
     if (t !== '(') throw new Error(`unexpected '${t}' in ${this.src}`);
     // A parenthesised list is a tuple when it has a comma (or is empty), else a grouped value.
@@ -124,12 +130,13 @@ function int64Only(kwargs: Record<string, Value>): void {
   }
 }
 
+const bytesOf = (a: ArrayBufferView) => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+
 const ST_OF: Record<RandDType, StDType> = { f32: 'F32', bf16: 'BF16', f16: 'F16', f64: 'F64' };
 
 /** Runs one call expression on g; returns the result's safetensors dtype and raw bytes. */
 function replay(g: Generator, expr: string): { dtype: StDType; bytes: Uint8Array } {
   const { fn, args, kwargs } = new Parser(tokenize(expr), expr).call();
-  const bytesOf = (a: ArrayBufferView) => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
   switch (fn) {
     case 'randn':
     case 'rand': {
@@ -160,11 +167,13 @@ function replay(g: Generator, expr: string): { dtype: StDType; bytes: Uint8Array
 
 // ---- comparisons
 
+const ELEMENT_BYTES: Partial<Record<StDType, number>> = { F64: 8, F32: 4, F16: 2, BF16: 2, I64: 8 };
+
 function expectBits(what: string, golden: StTensor | undefined, dtype: StDType, bytes: Uint8Array): void {
   expect(golden, `${what}: missing in the golden file`).toBeDefined();
   expect(dtype, `${what}: dtype`).toBe(golden!.dtype);
   expect(bytes.byteLength, `${what}: byte length`).toBe(golden!.bytes.byteLength);
-  const size = { F64: 8, F32: 4, F16: 2, BF16: 2, I64: 8 }[dtype as 'F64'] ?? 1;
+  const size = ELEMENT_BYTES[dtype] ?? 1;
   let bad = 0;
   let first = -1;
   for (let i = 0; i < bytes.byteLength; i += size) {
@@ -178,8 +187,6 @@ function expectBits(what: string, golden: StTensor | undefined, dtype: StDType, 
   }
   expect(bad === 0 ? 'bit-identical' : `${bad} of ${bytes.byteLength / size} elements differ, first at ${first}`, what).toBe('bit-identical');
 }
-
-const bytesOf = (a: ArrayBufferView) => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
 
 /** The fields of a 5056-byte CPUGeneratorImplState that calls.json records after each call. */
 function stateSummary(state: Uint8Array) {
