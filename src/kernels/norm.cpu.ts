@@ -1,4 +1,5 @@
-// Reference LayerNorm and RMSNorm over the last axis (plain loops in float64, rounded on store).
+// Reference LayerNorm and RMSNorm over the last axis, forward and backward (plain loops in float64,
+// rounded on store).
 // x and out are [R, D] in any layout the HostView describes (R = all leading dims).
 import { numel } from '../tensor/shape.ts';
 import { type HostView, get, set } from './reference.ts';
@@ -64,4 +65,94 @@ export function refRmsNorm(
       set(out, r * d + i, y);
     }
   }
+}
+
+/** Checks dy and dx against x [R, D] and the optional vectors [D] of a norm backward; returns [R, D]. */
+export function normBackwardShapes(
+  x: { shape: readonly number[] },
+  dy: { shape: readonly number[] },
+  dx: { shape: readonly number[] },
+  vectors: Record<string, { shape: readonly number[] } | null>,
+): [number, number] {
+  for (const [name, v] of [['dy', dy], ['dx', dx]] as const) {
+    if (v.shape.length !== x.shape.length || v.shape.some((n, i) => n !== x.shape[i])) throw new Error(`${name} [${v.shape}] must have x's shape [${x.shape}]`);
+  }
+  return normShapes(x, dx, vectors);
+}
+
+/**
+ * LayerNorm backward, with xhat = (x - mean) * rstd and g = dy * weight:
+ * dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) per row; dweight = sum over rows of dy * xhat,
+ * dbias = sum over rows of dy (each only when given; dweight is defined without a weight too).
+ */
+export function refLayerNormBackward(
+  x: HostView, // (R, D)
+  weight: HostView | null, // (D) or null
+  dy: HostView, // (R, D)
+  dx: HostView, // (R, D)
+  dweight: HostView | null, // (D) or null
+  dbias: HostView | null, // (D) or null
+  p: { eps: number },
+): void {
+  const [rows, d] = normBackwardShapes(x, dy, dx, { weight, dweight, dbias });
+  const dw = new Float64Array(d), db = new Float64Array(d);
+  const xhat = new Float64Array(d), g = new Float64Array(d);
+  for (let r = 0; r < rows; r++) {
+    let mean = 0;
+    for (let i = 0; i < d; i++) mean += get(x, r * d + i);
+    mean /= d;
+    let variance = 0;
+    for (let i = 0; i < d; i++) variance += (get(x, r * d + i) - mean) ** 2;
+    const rstd = 1 / Math.sqrt(variance / d + p.eps);
+    let meanG = 0, meanGX = 0;
+    for (let i = 0; i < d; i++) {
+      const dyi = get(dy, r * d + i);
+      xhat[i] = (get(x, r * d + i) - mean) * rstd;
+      g[i] = weight ? dyi * get(weight, i) : dyi;
+      meanG += g[i]!;
+      meanGX += g[i]! * xhat[i]!;
+      dw[i] += dyi * xhat[i]!;
+      db[i] += dyi;
+    }
+    meanG /= d;
+    meanGX /= d;
+    for (let i = 0; i < d; i++) set(dx, r * d + i, rstd * (g[i]! - meanG - xhat[i]! * meanGX));
+  }
+  for (let i = 0; i < d; i++) {
+    if (dweight) set(dweight, i, dw[i]!);
+    if (dbias) set(dbias, i, db[i]!);
+  }
+}
+
+/**
+ * RMSNorm backward, with xhat = x * rstd and g = dy * weight: dx = rstd * (g - xhat * mean(g * xhat))
+ * per row; dweight = sum over rows of dy * xhat (when given).
+ */
+export function refRmsNormBackward(
+  x: HostView, // (R, D)
+  weight: HostView | null, // (D) or null
+  dy: HostView, // (R, D)
+  dx: HostView, // (R, D)
+  dweight: HostView | null, // (D) or null
+  p: { eps: number },
+): void {
+  const [rows, d] = normBackwardShapes(x, dy, dx, { weight, dweight });
+  const dw = new Float64Array(d);
+  const xhat = new Float64Array(d), g = new Float64Array(d);
+  for (let r = 0; r < rows; r++) {
+    let meanSquare = 0;
+    for (let i = 0; i < d; i++) meanSquare += get(x, r * d + i) ** 2;
+    const rstd = 1 / Math.sqrt(meanSquare / d + p.eps);
+    let meanGX = 0;
+    for (let i = 0; i < d; i++) {
+      const dyi = get(dy, r * d + i);
+      xhat[i] = get(x, r * d + i) * rstd;
+      g[i] = weight ? dyi * get(weight, i) : dyi;
+      meanGX += g[i]! * xhat[i]!;
+      dw[i] += dyi * xhat[i]!;
+    }
+    meanGX /= d;
+    for (let i = 0; i < d; i++) set(dx, r * d + i, rstd * (g[i]! - xhat[i]! * meanGX));
+  }
+  if (dweight) for (let i = 0; i < d; i++) set(dweight, i, dw[i]!);
 }
