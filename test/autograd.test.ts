@@ -68,6 +68,18 @@ const cases: [string, (xs: Tensor[]) => Tensor, { shape: number[]; values: numbe
   ['clamp', ([a]) => A.clamp(a!, -0.7, 0.9), [input([3, 4], 41)]],
   ['softmax last axis', ([a]) => A.softmax(a!), [input([3, 5], 42)]],
   ['softmax axis 0', ([a]) => A.softmax(a!, 0), [input([3, 2, 4], 43)]],
+  ['layerNorm affine', ([x, w, b]) => A.layerNorm(x!, w!, b!, 1e-5), [input([3, 6], 44), input([6], 45), input([6], 46)]],
+  ['layerNorm plain', ([x]) => A.layerNorm(x!, null, null, 1e-6), [input([2, 2, 5], 47)]],
+  ['rmsNorm', ([x, w]) => A.rmsNorm(x!, w!, 1e-6), [input([3, 8], 48), input([8], 49)]],
+  ['attention', ([q, k, v]) => A.attention(q!, k!, v!), [input([1, 2, 5, 4], 53), input([1, 2, 7, 4], 54), input([1, 2, 7, 4], 55)]],
+  ['attention causal', ([q, k, v]) => A.attention(q!, k!, v!, { causal: true, scale: 0.7 }), [input([2, 1, 6, 4], 56), input([2, 1, 6, 4], 57), input([2, 1, 6, 4], 58)]],
+  ['rope', ([x]) => {
+    const cos = Tensor.from(x!.device, values(5 * 4, 59), [5, 4], x!.dtype);
+    const sin = Tensor.from(x!.device, values(5 * 4, 60), [5, 4], x!.dtype);
+    const r = A.rope(x!, cos, sin);
+    [cos, sin].forEach((t) => t.dispose());
+    return r;
+  }, [input([1, 2, 5, 4], 61)]],
   ['a tensor used twice', ([a]) => { const s = A.mul(a!, a!); const r = A.add(s, a!); s.dispose(); return r; }, [input([4], 34)]],
 ];
 

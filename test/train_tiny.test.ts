@@ -49,7 +49,7 @@ function attentionModel(): TinyModel {
   const g = new Generator(11);
   const d = 8, heads = 2, l = 6;
   const shapes = { ln: [d], wq: [d, d], wk: [d, d], wv: [d, d], wo: [d, d] };
-  const params = Object.fromEntries(Object.entries(shapes).map(([k, s]) => [k, k === 'ln' ? s.map(() => 1) : draw(g, s, 0.3)]));
+  const params = Object.fromEntries(Object.entries(shapes).map(([k, s]) => [k, k === 'ln' ? new Array<number>(s[0]!).fill(1) : draw(g, s, 0.3)]));
   const split = (t: Tensor) => {
     const r = A.reshape(t, [1, l, heads, d / heads]);
     const p = A.permute(r, [0, 2, 1, 3]);

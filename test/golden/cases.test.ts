@@ -7,20 +7,20 @@ import { GOLDEN_DIR } from './golden.ts';
 
 /** Case family (folder name prefix) -> the test that checks it, or the reason it is not checked yet. */
 const COVERAGE: Record<string, { test: string } | { pending: string }> = {
-  torch_ops: { test: 'torch_ops.test.ts (forward entries; gradients come with the autograd issue)' },
+  torch_ops: { test: 'torch_ops.test.ts (forward entries; gradients are checked op by op in test/autograd.test.ts)' },
   rng_torch_cpu: { test: 'rng.test.ts' },
   safetensors_files: { test: 'safetensors.test.ts' },
   torch_pt_files: { test: 'torch_pt.test.ts' },
   tokenizer: { test: 'tokenizer.test.ts' },
-  vae_decoder: { test: 'postprocess.test.ts (8-bit postprocessing; the decoder comes with the VAE issue)' },
-  flux_transformer: { pending: 'the FLUX transformer (issue 6) is not built yet' },
-  flux_lora: { pending: 'LoRA on FLUX (issues 5 and 6) is not built yet' },
-  vae_tiled: { pending: 'tiled VAE decoding (issue 7) is not built yet' },
-  clip_reward: { pending: 'the HPS/CLIP reward model (issue 7) is not built yet' },
-  pickscore_reward: { pending: 'the PickScore reward (issue 7) is not built yet' },
-  grpo_math: { pending: 'the GRPO math and optimizers (issue 5 and the trainer issue) are not built yet' },
+  vae_decoder: { test: 'vae.test.ts (and postprocess.test.ts for the 8-bit images)' },
+  vae_tiled: { test: 'vae.test.ts' },
+  flux_transformer: { test: 'flux.test.ts' },
+  clip_reward: { test: 'clip_reward.test.ts' },
+  pickscore_reward: { test: 'pickscore.test.ts' },
+  grpo_math: { test: 'grpo_optim.test.ts (optimiser, clipping, lr schedule, EMA; flux_step, advantages/loss and perms come with the trainer)' },
+  flux_lora: { pending: 'LoRA on FLUX is not finished yet' },
   grpo_step: { pending: 'the GRPO trainer step is not built yet' },
-  text_encoders: { pending: 'the T5/CLIP-L prompt encoders are not built yet' },
+  text_encoders: { pending: 'the T5/CLIP-L prompt encoders are not built yet (their token ids are checked in tokenizer.test.ts)' },
 };
 
 const folders = existsSync(GOLDEN_DIR) ? readdirSync(GOLDEN_DIR).filter((f) => statSync(join(GOLDEN_DIR, f)).isDirectory()).sort() : [];

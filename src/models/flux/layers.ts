@@ -1,0 +1,288 @@
+// The FLUX.1 building blocks as diffusers v0.32.0 computes them (transformer_flux.py, embeddings.py,
+// normalization.py, attention_processor.py FluxAttnProcessor2_0), one small class per module. Every
+// class takes its parameters by their checkpoint names (`prefix` + local name) from the model's
+// parameter map, so a checkpoint loads without a rename table. Shapes: B batch, Lt text tokens,
+// Li image tokens, L = Lt + Li, D hidden width, H heads, Dh head width.
+//
+// Ownership: inputs are never consumed; every intermediate is disposed as soon as it has been used
+// (the autograd tape keeps its own views of what backward needs).
+import * as F from '../../autograd/functional.ts';
+import type { Tensor } from '../../tensor/tensor.ts';
+import { attention } from './math.ts';
+
+/** The model's parameters by checkpoint name. */
+export type ParamMap = ReadonlyMap<string, Tensor>;
+
+export function param(params: ParamMap, name: string): Tensor {
+  const t = params.get(name);
+  if (!t) throw new Error(`flux: missing parameter ${name}`);
+  return t;
+}
+
+/** Disposes the temporaries and passes `value` through. */
+function free<R>(value: R, ...temps: Tensor[]): R {
+  drop(...temps);
+  return value;
+}
+
+function drop(...temps: Tensor[]): void {
+  for (const t of temps) t.dispose();
+}
+
+/** Tensors shared by all blocks of one model: the constant 1 of the `1 + scale` modulation. */
+export interface BlockContext {
+  one: Tensor;
+}
+
+export class Linear {
+  readonly weight: Tensor;
+  readonly bias: Tensor | null;
+  constructor(params: ParamMap, readonly name: string, bias = true) {
+    this.weight = param(params, `${name}.weight`);
+    this.bias = bias ? param(params, `${name}.bias`) : null;
+  }
+  forward(x: Tensor): Tensor {
+    return F.linear(x, this.weight, this.bias);
+  }
+}
+
+/** diffusers TimestepEmbedding / PixArtAlphaTextProjection(act 'silu'): linear_2(silu(linear_1(x))). */
+export class MLPEmbedder {
+  readonly linear1: Linear;
+  readonly linear2: Linear;
+  constructor(params: ParamMap, prefix: string) {
+    this.linear1 = new Linear(params, `${prefix}.linear_1`);
+    this.linear2 = new Linear(params, `${prefix}.linear_2`);
+  }
+  forward(x: Tensor): Tensor {
+    const h = this.linear1.forward(x);
+    const a = F.silu(h);
+    return free(this.linear2.forward(a), h, a);
+  }
+}
+
+/** x * (1 + scale) + shift; x [B, L, D], shift/scale [B, 1, D]. */
+export function modulate(x: Tensor, shift: Tensor, scale: Tensor, ctx: BlockContext): Tensor {
+  const s1 = F.add(scale, ctx.one);
+  const xs = F.mul(x, s1);
+  return free(F.add(xs, shift), s1, xs);
+}
+
+/** linear(silu(emb)) [B, n*D] cut into n chunks [B, 1, D] (views). */
+function modulationChunks(lin: Linear, emb: Tensor, n: number): Tensor[] {
+  const a = F.silu(emb);
+  const m = lin.forward(a); // [B, n*D]
+  const [b, nd] = m.shape as [number, number];
+  const m3 = F.reshape(m, [b, n, nd / n]);
+  return free(F.split(m3, new Array<number>(n).fill(1), 1), a, m, m3);
+}
+
+/**
+ * AdaLayerNormZero (double blocks): 6 modulation vectors from temb; returns the modulated
+ * LayerNorm(x) for attention and the other vectors (gate_msa, shift_mlp, scale_mlp, gate_mlp).
+ */
+export class AdaLayerNormZero {
+  readonly linear: Linear;
+  constructor(params: ParamMap, prefix: string, private readonly ctx: BlockContext) {
+    this.linear = new Linear(params, `${prefix}.linear`);
+  }
+  forward(x: Tensor, temb: Tensor): { normed: Tensor; gateMsa: Tensor; shiftMlp: Tensor; scaleMlp: Tensor; gateMlp: Tensor } {
+    const [shiftMsa, scaleMsa, gateMsa, shiftMlp, scaleMlp, gateMlp] = modulationChunks(this.linear, temb, 6) as [Tensor, Tensor, Tensor, Tensor, Tensor, Tensor];
+    const n = F.layerNorm(x, null, null, 1e-6);
+    const normed = modulate(n, shiftMsa, scaleMsa, this.ctx);
+    drop(n, shiftMsa, scaleMsa);
+    return { normed, gateMsa, shiftMlp, scaleMlp, gateMlp };
+  }
+}
+
+/** AdaLayerNormZeroSingle (single blocks): shift, scale, gate. */
+export class AdaLayerNormZeroSingle {
+  readonly linear: Linear;
+  constructor(params: ParamMap, prefix: string, private readonly ctx: BlockContext) {
+    this.linear = new Linear(params, `${prefix}.linear`);
+  }
+  forward(x: Tensor, temb: Tensor): { normed: Tensor; gate: Tensor } {
+    const [shift, scale, gate] = modulationChunks(this.linear, temb, 3) as [Tensor, Tensor, Tensor];
+    const n = F.layerNorm(x, null, null, 1e-6);
+    const normed = modulate(n, shift, scale, this.ctx);
+    return free({ normed, gate }, n, shift, scale);
+  }
+}
+
+/** AdaLayerNormContinuous (norm_out): emb -> (scale, shift) -- scale FIRST, unlike BFL's (shift, scale). */
+export class AdaLayerNormContinuous {
+  readonly linear: Linear;
+  constructor(params: ParamMap, prefix: string, private readonly ctx: BlockContext) {
+    this.linear = new Linear(params, `${prefix}.linear`);
+  }
+  forward(x: Tensor, temb: Tensor): Tensor {
+    const [scale, shift] = modulationChunks(this.linear, temb, 2) as [Tensor, Tensor];
+    const n = F.layerNorm(x, null, null, 1e-6);
+    return free(modulate(n, shift, scale, this.ctx), n, scale, shift);
+  }
+}
+
+/** FeedForward(activation 'gelu-approximate'): net.2(gelu_tanh(net.0.proj(x))), width mlp_ratio * D. */
+export class FeedForward {
+  readonly proj: Linear;
+  readonly out: Linear;
+  constructor(params: ParamMap, prefix: string) {
+    this.proj = new Linear(params, `${prefix}.net.0.proj`);
+    this.out = new Linear(params, `${prefix}.net.2`);
+  }
+  forward(x: Tensor): Tensor {
+    const h = this.proj.forward(x);
+    const a = F.gelu(h, 'tanh');
+    return free(this.out.forward(a), h, a);
+  }
+}
+
+/**
+ * One stream's q, k, v projections with QK RMSNorm (eps 1e-6, learned scale):
+ * x [B, L, D] -> q, k, v [B, H, L, Dh] (q and k normalised).
+ */
+export class QKV {
+  readonly q: Linear;
+  readonly k: Linear;
+  readonly v: Linear;
+  readonly normQ: Tensor;
+  readonly normK: Tensor;
+  constructor(params: ParamMap, names: { q: string; k: string; v: string; normQ: string; normK: string }, readonly heads: number) {
+    this.q = new Linear(params, names.q);
+    this.k = new Linear(params, names.k);
+    this.v = new Linear(params, names.v);
+    this.normQ = param(params, `${names.normQ}.weight`);
+    this.normK = param(params, `${names.normK}.weight`);
+  }
+  forward(x: Tensor): [Tensor, Tensor, Tensor] {
+    return [this.project(this.q, x, this.normQ), this.project(this.k, x, this.normK), this.project(this.v, x, null)];
+  }
+  /** [B, L, D] -> linear -> [B, L, H, Dh] -> (RMSNorm over Dh) -> [B, H, L, Dh] (a view). */
+  private project(lin: Linear, x: Tensor, norm: Tensor | null): Tensor {
+    const [b, l] = x.shape as [number, number];
+    const y = lin.forward(x);
+    const y4 = F.reshape(y, [b, l, this.heads, y.shape[2]! / this.heads]);
+    const n = norm ? F.rmsNorm(y4, norm, 1e-6) : y4;
+    const out = F.permute(n, [0, 2, 1, 3]);
+    return free(out, y, y4, ...(norm ? [n] : []));
+  }
+}
+
+/** FluxTransformerBlock: separate weights per stream, one attention over [text; image]. */
+export class DoubleStreamBlock {
+  readonly norm1: AdaLayerNormZero;
+  readonly norm1Context: AdaLayerNormZero;
+  readonly imgQKV: QKV;
+  readonly txtQKV: QKV;
+  readonly toOut: Linear;
+  readonly toAddOut: Linear;
+  readonly ff: FeedForward;
+  readonly ffContext: FeedForward;
+
+  constructor(params: ParamMap, prefix: string, heads: number, private readonly ctx: BlockContext) {
+    const a = `${prefix}.attn`;
+    this.norm1 = new AdaLayerNormZero(params, `${prefix}.norm1`, ctx);
+    this.norm1Context = new AdaLayerNormZero(params, `${prefix}.norm1_context`, ctx);
+    this.imgQKV = new QKV(params, { q: `${a}.to_q`, k: `${a}.to_k`, v: `${a}.to_v`, normQ: `${a}.norm_q`, normK: `${a}.norm_k` }, heads);
+    this.txtQKV = new QKV(params, { q: `${a}.add_q_proj`, k: `${a}.add_k_proj`, v: `${a}.add_v_proj`, normQ: `${a}.norm_added_q`, normK: `${a}.norm_added_k` }, heads);
+    this.toOut = new Linear(params, `${a}.to_out.0`);
+    this.toAddOut = new Linear(params, `${a}.to_add_out`);
+    this.ff = new FeedForward(params, `${prefix}.ff`);
+    this.ffContext = new FeedForward(params, `${prefix}.ff_context`);
+  }
+
+  /** img [B, Li, D], txt [B, Lt, D], temb [B, D] -> new [img, txt]. */
+  forward(img: Tensor, txt: Tensor, temb: Tensor, pe: { cos: Tensor; sin: Tensor }): [Tensor, Tensor] {
+    const lt = txt.shape[1]!, l = lt + img.shape[1]!;
+    const imgMod = this.norm1.forward(img, temb);
+    const txtMod = this.norm1Context.forward(txt, temb);
+
+    // Joint attention over [text; image] (text first, as the RoPE ids are concatenated).
+    const [iq, ik, iv] = this.imgQKV.forward(imgMod.normed);
+    const [tq, tk, tv] = this.txtQKV.forward(txtMod.normed);
+    drop(imgMod.normed, txtMod.normed);
+    const q = F.cat([tq, iq], 2), k = F.cat([tk, ik], 2), v = F.cat([tv, iv], 2); // [B, H, L, Dh]
+    drop(iq, ik, iv, tq, tk, tv);
+    const attn = attention(q, k, v, pe); // [B, L, D]
+    drop(q, k, v);
+    const txtAttn = F.slice(attn, 1, 0, lt), imgAttn = F.slice(attn, 1, lt, l);
+    attn.dispose();
+
+    const imgOut = this.stream(img, imgAttn, this.toOut, imgMod, this.ff);
+    const txtOut = this.stream(txt, txtAttn, this.toAddOut, txtMod, this.ffContext);
+    drop(imgAttn, txtAttn);
+    return [imgOut, txtOut];
+  }
+
+  /** x + gate_msa * proj(attn), then + gate_mlp * ff(modulated LayerNorm) (one stream). */
+  private stream(
+    x: Tensor, attn: Tensor, proj: Linear,
+    mod: { gateMsa: Tensor; shiftMlp: Tensor; scaleMlp: Tensor; gateMlp: Tensor }, ff: FeedForward,
+  ): Tensor {
+    const o = proj.forward(attn);
+    const go = F.mul(mod.gateMsa, o);
+    const h = F.add(x, go);
+    drop(o, go, mod.gateMsa);
+    const n = F.layerNorm(h, null, null, 1e-6);
+    const nm = modulate(n, mod.shiftMlp, mod.scaleMlp, this.ctx);
+    drop(n, mod.shiftMlp, mod.scaleMlp);
+    const f = ff.forward(nm);
+    const gf = F.mul(mod.gateMlp, f);
+    const out = F.add(h, gf);
+    return free(out, nm, f, gf, h, mod.gateMlp);
+  }
+}
+
+/** FluxSingleTransformerBlock: one stream over [text; image], attention and MLP in parallel. */
+export class SingleStreamBlock {
+  readonly norm: AdaLayerNormZeroSingle;
+  readonly qkv: QKV;
+  readonly projMlp: Linear;
+  readonly projOut: Linear;
+
+  constructor(params: ParamMap, prefix: string, heads: number, ctx: BlockContext) {
+    const a = `${prefix}.attn`;
+    this.norm = new AdaLayerNormZeroSingle(params, `${prefix}.norm`, ctx);
+    this.qkv = new QKV(params, { q: `${a}.to_q`, k: `${a}.to_k`, v: `${a}.to_v`, normQ: `${a}.norm_q`, normK: `${a}.norm_k` }, heads);
+    this.projMlp = new Linear(params, `${prefix}.proj_mlp`);
+    this.projOut = new Linear(params, `${prefix}.proj_out`);
+  }
+
+  /** x [B, L, D] -> x + gate * proj_out([attn(x'); gelu_tanh(proj_mlp(x'))]), x' the modulated norm. */
+  forward(x: Tensor, temb: Tensor, pe: { cos: Tensor; sin: Tensor }): Tensor {
+    const { normed, gate } = this.norm.forward(x, temb);
+    const m = this.projMlp.forward(normed);
+    const mlp = F.gelu(m, 'tanh'); // [B, L, mlp]
+    const [q, k, v] = this.qkv.forward(normed);
+    drop(m, normed);
+    const attn = attention(q, k, v, pe); // [B, L, D]
+    drop(q, k, v);
+    const h = F.cat([attn, mlp], 2); // [B, L, D + mlp]
+    drop(attn, mlp);
+    const o = this.projOut.forward(h);
+    const go = F.mul(gate, o);
+    return free(F.add(x, go), h, o, go, gate);
+  }
+}
+
+/** CombinedTimestep(Guidance)TextProjEmbeddings: temb = t_emb [+ guidance_emb] + text_emb(pooled). */
+export class TimeTextEmbed {
+  readonly timestepEmbedder: MLPEmbedder;
+  readonly guidanceEmbedder: MLPEmbedder | null;
+  readonly textEmbedder: MLPEmbedder;
+  constructor(params: ParamMap, prefix: string, guidance: boolean) {
+    this.timestepEmbedder = new MLPEmbedder(params, `${prefix}.timestep_embedder`);
+    this.guidanceEmbedder = guidance ? new MLPEmbedder(params, `${prefix}.guidance_embedder`) : null;
+    this.textEmbedder = new MLPEmbedder(params, `${prefix}.text_embedder`);
+  }
+  /** tProj, gProj: sinusoidal projections [B or 1, 256]; pooled [B, vecInDim] -> [B, D]. */
+  forward(tProj: Tensor, gProj: Tensor | null, pooled: Tensor): Tensor {
+    let temb = this.timestepEmbedder.forward(tProj);
+    if (this.guidanceEmbedder && gProj) {
+      const g = this.guidanceEmbedder.forward(gProj);
+      temb = free(F.add(temb, g), temb, g);
+    }
+    const p = this.textEmbedder.forward(pooled);
+    return free(F.add(temb, p), temb, p);
+  }
+}
