@@ -24,7 +24,8 @@ import type { View } from '../device/device.ts';
 import { type GpuBinding, type GpuContext, Params, gridFor } from '../device/webgpu/context.ts';
 import { isContiguous } from '../tensor/shape.ts';
 import { attentionBackwardShapes, attentionShapes, ropeShapes } from './attention.cpu.ts';
-import { isCpuAdapter, scratchBinding } from './norm.ts';
+import { isCpuAdapter } from '../device/webgpu/context.ts';
+import { scratchBinding } from './norm.ts';
 
 /** How attention runs on an adapter. */
 export interface AttentionVariant {

@@ -23,7 +23,7 @@ import { Params } from '../device/webgpu/context.ts';
 import { numel } from '../tensor/shape.ts';
 import { conv2dShapes, upsampleShapes } from './conv.cpu.ts';
 import { bindSpan, unitsPerBinding } from './elementwise.ts';
-import { isCpuAdapter } from './norm.ts';
+import { isCpuAdapter } from '../device/webgpu/context.ts';
 
 // ---- binding views by the span they occupy --------------------------------------------------------
 

@@ -17,7 +17,7 @@
 // resort, K (later K chunks accumulate into out; bias and activation run on the last one).
 import type { Activation, MatmulParams, View } from '../device/device.ts';
 import { describeOp } from '../device/device.ts';
-import { type GpuBinding, type GpuContext, Params } from '../device/webgpu/context.ts';
+import { type GpuBinding, type GpuContext, isCpuAdapter, Params } from '../device/webgpu/context.ts';
 import { type MatmulDims, matmulDims } from './matmul.cpu.ts';
 
 export interface MatmulVariant {
@@ -60,7 +60,7 @@ export function setMatmulVariant(ctx: GpuContext, name: string): void {
 export function chosenVariant(ctx: GpuContext): MatmulVariant {
   const forced = process.env.FLUX_GRPO_MATMUL_VARIANT;
   if (forced) return variantNamed(forced);
-  return chosen.get(ctx.gpu) ?? variantNamed(/llvmpipe|lavapipe|swiftshader/i.test(ctx.adapterKey) ? 'reg4x8' : 'tiled64');
+  return chosen.get(ctx.gpu) ?? variantNamed(isCpuAdapter(ctx) ? 'reg4x8' : 'tiled64');
 }
 
 /** Workgroup memory a variant needs, bytes (0 for register-blocked ones). */

@@ -5,18 +5,10 @@
 // memory (it stays in cache) instead of staging it in workgroup memory, so any D works.
 // The backward ops (at the end of this file) add column sums for the weight and bias gradients.
 import type { View } from '../device/device.ts';
-import { type GpuBinding, type GpuContext, Params, gridFor } from '../device/webgpu/context.ts';
+import { type GpuBinding, type GpuContext, Params, gridFor, isCpuAdapter } from '../device/webgpu/context.ts';
 import { normBackwardShapes, normShapes } from './norm.cpu.ts';
 
 export type NormKind = 'layer' | 'rms';
-
-/**
- * Whether the adapter runs shaders on the CPU (lavapipe, SwiftShader): a workgroup is then one CPU
- * thread stepping 8 SIMD lanes, and workgroup barriers and memory cost more than they save.
- */
-export function isCpuAdapter(ctx: GpuContext): boolean {
-  return /llvmpipe|swiftshader|\|software\|/i.test(ctx.adapterKey);
-}
 
 /** Threads per row (a power of two) and threads per workgroup. */
 export interface NormLayout { t: number; wg: number }

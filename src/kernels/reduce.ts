@@ -22,7 +22,7 @@ import type { ReduceOp, View } from '../device/device.ts';
 import { type GpuContext, gridFor } from '../device/webgpu/context.ts';
 import { isContiguous, numel } from '../tensor/shape.ts';
 import { type Field, bindSpan, f32, u32, uniformData, uniformWgsl, unitsPerBinding, withHelpers } from './elementwise.ts';
-import { isCpuAdapter } from './norm.ts';
+import { isCpuAdapter } from '../device/webgpu/context.ts';
 import { type ReduceDims, checkReduceShapes, checkSoftmaxBackwardShapes, checkSoftmaxShapes } from './reduce.cpu.ts';
 
 /** Threads per output (t, a power of two) and per workgroup (wg). */

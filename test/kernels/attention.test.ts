@@ -8,7 +8,7 @@ import type { AttentionParams, Device, View } from '../../src/device/device.ts';
 import { WebGPUDevice } from '../../src/device/webgpu/device.ts';
 import { attentionVariant, gpuAttentionVariant } from '../../src/kernels/attention.ts';
 import { cases as allCases } from '../../src/kernels/attention.cases.ts';
-import { isCpuAdapter } from '../../src/kernels/norm.ts';
+import { isCpuAdapter } from '../../src/device/webgpu/context.ts';
 import { contiguousStrides } from '../../src/tensor/shape.ts';
 
 // The backward ops' cases run in norm_attention_backward.test.ts.

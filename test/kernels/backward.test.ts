@@ -15,7 +15,7 @@ import { refUnary, refUnaryBackward } from '../../src/kernels/elementwise.cpu.ts
 import { gpuAdamW } from '../../src/kernels/optim.ts';
 import { cases as optimCases } from '../../src/kernels/optim.cases.ts';
 import { fmaF32, refAdamW } from '../../src/kernels/optim.cpu.ts';
-import { isCpuAdapter } from '../../src/kernels/norm.ts';
+import { isCpuAdapter } from '../../src/device/webgpu/context.ts';
 import { gpuSoftmaxBackward, reduceLayout } from '../../src/kernels/reduce.ts';
 import { cases as reduceCases } from '../../src/kernels/reduce.cases.ts';
 import { refSoftmax, refSoftmaxBackward } from '../../src/kernels/reduce.cpu.ts';

@@ -5,7 +5,8 @@ import { CpuDevice } from '../../src/device/cpu/device.ts';
 import { type CaseResult, runConformance } from '../../src/device/conformance.ts';
 import type { Device, View } from '../../src/device/device.ts';
 import { WebGPUDevice } from '../../src/device/webgpu/device.ts';
-import { gpuNorm, isCpuAdapter, normLayout } from '../../src/kernels/norm.ts';
+import { isCpuAdapter } from '../../src/device/webgpu/context.ts';
+import { gpuNorm, normLayout } from '../../src/kernels/norm.ts';
 import { cases as allCases } from '../../src/kernels/norm.cases.ts';
 import { contiguousStrides } from '../../src/tensor/shape.ts';
 

@@ -8,7 +8,7 @@ import { CpuDevice } from '../../src/device/cpu/device.ts';
 import { type CaseResult, runConformance } from '../../src/device/conformance.ts';
 import type { Device, ReduceOp, View } from '../../src/device/device.ts';
 import { WebGPUDevice } from '../../src/device/webgpu/device.ts';
-import { isCpuAdapter } from '../../src/kernels/norm.ts';
+import { isCpuAdapter } from '../../src/device/webgpu/context.ts';
 import { gpuReduce, gpuSoftmax, reduceLayout } from '../../src/kernels/reduce.ts';
 import { cases } from '../../src/kernels/reduce.cases.ts';
 import { contiguousStrides, numel } from '../../src/tensor/shape.ts';

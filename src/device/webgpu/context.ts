@@ -60,3 +60,11 @@ export function gridFor(n: number, size: number, maxPerDim = 65535): [number, nu
   const y = Math.ceil(groups / maxPerDim);
   return [Math.ceil(groups / y), y];
 }
+
+/**
+ * Whether the adapter is a CPU implementation (lavapipe/llvmpipe, SwiftShader): there each workgroup
+ * runs on one CPU thread, so kernels prefer one thread per row and no shared-memory tiling.
+ */
+export function isCpuAdapter(ctx: GpuContext): boolean {
+  return /llvmpipe|lavapipe|swiftshader|\|software\|/i.test(ctx.adapterKey);
+}
