@@ -167,20 +167,25 @@ function withGrad<R>(fn: () => R): R {
 export function checkpoint(fn: (inputs: Tensor[]) => Tensor, inputs: Tensor[], params: readonly Tensor[]): Tensor {
   if (!needsGrad(...inputs, ...params)) return fn(inputs);
   const out = noGrad(() => fn(inputs));
-  return record('checkpoint', inputs, out, (g, saved) => {
-    const detached = saved.map((t) => {
+  const inputNeedsGrad = inputs.map((t) => t.requiresGrad || t.gradFn !== null);
+  // The params are listed as inputs too, so the node is recorded when only they need a gradient
+  // (LoRA on a frozen base); their gradients accumulate during the recomputation, the rule returns null.
+  return record('checkpoint', [...inputs, ...params], out, (g, saved) => {
+    // Inputs that need no gradient (constants such as RoPE tables) stay constants in the recomputation.
+    const detached = saved.map((t, i) => {
       const d = t.view(t.shape, t.strides);
-      d.requiresGrad = true;
+      d.requiresGrad = inputNeedsGrad[i]!;
       return d;
     });
     const y = withGrad(() => fn(detached));
     withGrad(() => backward(y, g));
     y.dispose();
-    return detached.map((d) => {
+    const grads: (Tensor | null)[] = detached.map((d) => {
       const grad = d.grad;
       d.grad = null;
       d.dispose();
       return grad;
     });
+    return [...grads, ...params.map(() => null)];
   }, inputs);
 }

@@ -34,15 +34,30 @@ export interface BlockContext {
   one: Tensor;
 }
 
+/** A LoRA adapter on one Linear (see src/models/lora.ts): A [r, in], B [out, r], scale alpha / r. */
+export interface LinearAdapter {
+  a: Tensor;
+  b: Tensor;
+  scale: number;
+}
+
 export class Linear {
   readonly weight: Tensor;
   readonly bias: Tensor | null;
+  /** When set: y = x W^T + b + scale * (x A^T) B^T (peft LoRA, dropout 0). */
+  lora: LinearAdapter | null = null;
   constructor(params: ParamMap, readonly name: string, bias = true) {
     this.weight = param(params, `${name}.weight`);
     this.bias = bias ? param(params, `${name}.bias`) : null;
   }
   forward(x: Tensor): Tensor {
-    return F.linear(x, this.weight, this.bias);
+    const y = F.linear(x, this.weight, this.bias);
+    if (!this.lora) return y;
+    const { a, b, scale } = this.lora;
+    const h = F.linear(x, a);
+    const d = F.linear(h, b);
+    const ds = F.scale(d, scale);
+    return free(F.add(y, ds), y, h, d, ds);
   }
 }
 

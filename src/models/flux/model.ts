@@ -8,10 +8,11 @@
 //   x = cat(txt, img); x = single_block_i(x, temb, pe)  (num_single_layers)
 //   out = proj_out(norm_out(x[:, Lt:], temb))           [B, Li, patch^2 * out_channels]
 import * as F from '../../autograd/functional.ts';
+import { checkpoint } from '../../autograd/tape.ts';
 import type { Device } from '../../device/device.ts';
 import { Tensor } from '../../tensor/tensor.ts';
 import {
-  AdaLayerNormContinuous, type BlockContext, DoubleStreamBlock, Linear, type ParamMap, SingleStreamBlock, TimeTextEmbed,
+  AdaLayerNormContinuous, type BlockContext, DoubleStreamBlock, Linear, type LinearAdapter, type ParamMap, SingleStreamBlock, TimeTextEmbed,
 } from './layers.ts';
 import { type RopePrecision, ropeTables, ropeTensors, timestepProjection } from './math.ts';
 import { type FluxParams, TIME_PROJ_DIM, fluxParameterShapes } from './params.ts';
@@ -45,6 +46,17 @@ export interface FluxForwardOptions {
    * call returns: keep a view (`t.contiguous()`) to use it later.
    */
   capture?: (name: string, t: Tensor) => void;
+  /** Overrides the model's gradientCheckpointing for this call. */
+  gradientCheckpointing?: boolean;
+}
+
+/** What FluxTransformer.setLora takes (LoraAdapters in src/models/lora.ts fits). */
+export interface FluxLora {
+  get(moduleName: string): LinearAdapter | undefined;
+  /** Every module name the adapters are for. */
+  moduleNames(): string[];
+  /** The adapter tensors of modules whose name starts with `prefix`. */
+  tensorsUnder(prefix: string): Tensor[];
 }
 
 export class FluxTransformer {
@@ -56,6 +68,13 @@ export class FluxTransformer {
   readonly normOut: AdaLayerNormContinuous;
   readonly projOut: Linear;
   private readonly ctx: BlockContext;
+  /**
+   * Recompute each transformer block in backward instead of keeping its activations (autograd
+   * checkpoint per block; diffusers' gradient_checkpointing).
+   */
+  gradientCheckpointing = false;
+  private lora: FluxLora | null = null;
+  private baseRequiresGrad: Map<Tensor, boolean> | null = null;
 
   /** Takes ownership of `params` (diffusers names, see fluxParameterShapes); dispose() frees them. */
   constructor(readonly device: Device, readonly p: FluxParams, readonly params: ParamMap) {
@@ -81,6 +100,49 @@ export class FluxTransformer {
     this.projOut = new Linear(params, 'proj_out');
   }
 
+  /** Every Linear module of the model, by its checkpoint name. */
+  linears(): Map<string, Linear> {
+    const out = new Map<string, Linear>();
+    const seen = new Set<unknown>();
+    const walk = (o: unknown): void => {
+      if (!o || typeof o !== 'object' || seen.has(o) || o instanceof Tensor) return;
+      seen.add(o);
+      if (o instanceof Linear) {
+        out.set(o.name, o);
+        return;
+      }
+      for (const v of Array.isArray(o) ? o : Object.values(o)) walk(v);
+    };
+    for (const m of [this.timeTextEmbed, this.contextEmbedder, this.xEmbedder, this.transformerBlocks, this.singleTransformerBlocks, this.normOut, this.projOut]) walk(m);
+    return out;
+  }
+
+  /**
+   * Attaches LoRA adapters (null detaches them): every Linear with an adapter adds
+   * scale * (x A^T) B^T. While attached, the base parameters have requiresGrad false (only the
+   * adapters train); detaching restores their previous flags.
+   */
+  setLora(lora: FluxLora | null): void {
+    const linears = this.linears();
+    const unknown = lora?.moduleNames().filter((name) => !linears.has(name)) ?? [];
+    if (unknown.length) throw new Error(`LoRA adapters for modules this model does not have: ${unknown.slice(0, 10).join(', ')}${unknown.length > 10 ? ` (+${unknown.length - 10} more)` : ''}`);
+    for (const lin of linears.values()) lin.lora = lora?.get(lin.name) ?? null;
+    if (lora && !this.baseRequiresGrad) {
+      this.baseRequiresGrad = new Map([...this.params.values()].map((t) => [t, t.requiresGrad]));
+      for (const t of this.params.values()) t.requiresGrad = false;
+    } else if (!lora && this.baseRequiresGrad) {
+      for (const [t, r] of this.baseRequiresGrad) t.requiresGrad = r;
+      this.baseRequiresGrad = null;
+    }
+    this.lora = lora;
+  }
+
+  /** The block's trainable tensors (its parameters and adapters), for checkpoint(). */
+  private blockTensors(prefix: string): Tensor[] {
+    const out = [...this.params].filter(([n]) => n.startsWith(prefix)).map(([, t]) => t);
+    return this.lora ? [...out, ...this.lora.tensorsUnder(prefix)] : out;
+  }
+
   /** RoPE tables of cat(txtIds, imgIds) on this model's device (the caller disposes them). */
   rope(txtIds: ArrayLike<number>, imgIds: ArrayLike<number>, precision: RopePrecision = 'f32'): { cos: Tensor; sin: Tensor } {
     const ids = new Float64Array(txtIds.length + imgIds.length);
@@ -104,9 +166,24 @@ export class FluxTransformer {
     capture('context_embedder', txt);
     const pe = opts.rope ?? this.rope(x.txtIds, x.imgIds, opts.ropePrecision);
 
+    const ckpt = opts.gradientCheckpointing ?? this.gradientCheckpointing;
     let [imgH, txtH] = [img, txt];
     this.transformerBlocks.forEach((block, i) => {
-      const [ni, nt] = block.forward(imgH, txtH, temb, pe);
+      let ni: Tensor, nt: Tensor;
+      if (ckpt) {
+        // checkpoint() takes one output: [txt; img] along the sequence, split by recorded slices.
+        // The RoPE tables go in as (constant) inputs so the tape keeps them alive until backward.
+        const joint = checkpoint(([im, tx, te, cos, sin]) => {
+          const [a, b] = block.forward(im!, tx!, te!, { cos: cos!, sin: sin! });
+          const c = F.cat([b, a], 1);
+          a.dispose();
+          b.dispose();
+          return c;
+        }, [imgH, txtH, temb, pe.cos, pe.sin], this.blockTensors(`transformer_blocks.${i}.`));
+        nt = F.slice(joint, 1, 0, lt);
+        ni = F.slice(joint, 1, lt, lt + li);
+        joint.dispose();
+      } else [ni, nt] = block.forward(imgH, txtH, temb, pe);
       imgH.dispose();
       txtH.dispose();
       [imgH, txtH] = [ni, nt];
@@ -118,7 +195,9 @@ export class FluxTransformer {
     imgH.dispose();
     txtH.dispose();
     this.singleTransformerBlocks.forEach((block, i) => {
-      const next = block.forward(h, temb, pe);
+      const next = ckpt
+        ? checkpoint(([x, te, cos, sin]) => block.forward(x!, te!, { cos: cos!, sin: sin! }), [h, temb, pe.cos, pe.sin], this.blockTensors(`single_transformer_blocks.${i}.`))
+        : block.forward(h, temb, pe);
       h.dispose();
       h = next;
       capture(`single_transformer_blocks.${i}`, h);
