@@ -5,7 +5,11 @@
 // text tokens (a 256x256 image with DanceGRPO's 512 T5 tokens); --small runs a quick 512 / 4 heads
 // config.
 // Run: npx tsx bench/flux.bench.ts [--device webgpu|cpu] [--small] [--hidden D --heads H --img Li --txt Lt]
-//      [--repeat N] [--json]
+//      [--repeat N] [--json] [--backward]
+// --backward adds forward+backward through a stack of --blocks N (default 4) applications of the
+// single block (full fine-tuning: every weight gets a gradient) with and without gradient
+// checkpointing, and the peak memory of each (activations grow with N only without checkpointing).
+import * as A from '../src/autograd/functional.ts';
 import { noGrad } from '../src/autograd/functional.ts';
 import type { Device } from '../src/device/device.ts';
 import { createDevice } from '../src/device/registry.ts';
@@ -170,6 +174,40 @@ if (json) {
     console.log(`${r.block.padEnd(8)} ${r.ms.toFixed(1).padStart(10)} ${r.gflop.toFixed(2).padStart(8)} ${r.gflops.toFixed(2).padStart(9)} ${mib(r.peakBytes).padStart(13)} ${mib(r.peakAboveInputs).padStart(19)} ${r.matmulMs.toFixed(1).padStart(18)} ${r.matmulGflops.toFixed(2).padStart(15)} ${r.ratio.toFixed(2).padStart(13)}`);
   }
   console.log(`weights of the two blocks: ${mib(weightBytes)}; peak memory = device.memory().peakBytes during one forward (weights, inputs, activations, output)`);
+}
+if (flag('backward')) {
+  const singleParams = [...params].filter(([k]) => k.startsWith('single_transformer_blocks.0')).map(([, t]) => t);
+  const cot = Tensor.from(dev, uniform((li + lt) * hidden, 1, 105), [1, li + lt, hidden]);
+  singleParams.forEach((t) => (t.requiresGrad = true));
+  joint.requiresGrad = true;
+  const depth = Number(flag('blocks') ?? 4);
+  const step = (ckpt: boolean) => {
+    let x = joint;
+    for (let i = 0; i < depth; i++) {
+      const y = ckpt ? A.checkpoint(([h]) => single.forward(h!, temb, pe), [x], singleParams) : single.forward(x, temb, pe);
+      if (x !== joint) x.dispose();
+      x = y;
+    }
+    const weighted = A.mul(x, cot);
+    const flat = A.reshape(weighted, [-1]);
+    const loss = A.sum(flat, 0);
+    A.backward(loss);
+    return [x, weighted, flat, loss];
+  };
+  const clearGrads = () => [...singleParams, joint].forEach((t) => { t.grad?.dispose(); t.grad = null; });
+  for (const ckpt of [false, true]) {
+    log(`${depth} single blocks forward+backward, checkpointing ${ckpt ? 'on' : 'off'}: warm-up ...`);
+    await timeIt(dev, () => step(ckpt));
+    clearGrads();
+    await dev.sync();
+    const base = dev.memory().liveBytes;
+    dev.resetPeak();
+    const ms = await timeIt(dev, () => step(ckpt));
+    const peakAbove = dev.memory().peakBytes - base;
+    clearGrads();
+    console.log(`${depth} single blocks forward+backward, checkpointing ${ckpt ? 'on ' : 'off'}: ${ms.toFixed(1)} ms, peak ${mib(peakAbove)} above weights and inputs (gradients included)`);
+  }
+  cot.dispose();
 }
 for (const t of [...params.values(), one, img, txt, joint, temb, pe.cos, pe.sin]) t.dispose();
 dev.destroy();
