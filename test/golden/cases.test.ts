@@ -18,7 +18,7 @@ const COVERAGE: Record<string, { test: string } | { pending: string }> = {
   clip_reward: { test: 'clip_reward.test.ts' },
   pickscore_reward: { test: 'pickscore.test.ts' },
   grpo_math: { test: 'grpo_optim.test.ts (optimiser, clipping, lr schedule, EMA; flux_step, advantages/loss and perms come with the trainer)' },
-  flux_lora: { pending: 'LoRA on FLUX is not finished yet' },
+  flux_lora: { test: 'flux_lora.test.ts' },
   grpo_step: { pending: 'the GRPO trainer step is not built yet' },
   text_encoders: { pending: 'the T5/CLIP-L prompt encoders are not built yet (their token ids are checked in tokenizer.test.ts)' },
 };
