@@ -1,6 +1,7 @@
 // Attention and rope: every conformance case on WebGPU (with the adapter's attention variant and
 // with the other one) and on the CPU backend in f32, all against the CPU float64 reference; then
 // the errors a caller gets for bad shapes and layouts.
+import { withOverrides } from './override.ts';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { CpuDevice } from '../../src/device/cpu/device.ts';
 import { type CaseResult, runConformance } from '../../src/device/conformance.ts';
@@ -24,15 +25,9 @@ const attentionCases = cases.filter((c) => c.op === 'attention');
  * the workgroup-memory variant real GPUs get (and the register variant on a GPU).
  */
 function otherVariant(dev: WebGPUDevice): Device {
-  return new Proxy(dev, {
-    get(target, prop) {
-      if (prop === 'attention') {
-        return (q: View, k: View, v: View, out: View, p: AttentionParams, lse: View | null = null) =>
-          gpuAttentionVariant(dev, q, k, v, out, p, lse, attentionVariant(dev, q.shape[3]!, !isCpuAdapter(dev)));
-      }
-      const value = Reflect.get(target, prop, target);
-      return typeof value === 'function' ? value.bind(target) : value;
-    },
+  return withOverrides(dev, {
+    attention: (q: View, k: View, v: View, out: View, p: AttentionParams, lse: View | null = null) =>
+          gpuAttentionVariant(dev, q, k, v, out, p, lse, attentionVariant(dev, q.shape[3]!, !isCpuAdapter(dev))),
   });
 }
 

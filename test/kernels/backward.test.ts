@@ -4,6 +4,7 @@
 // references themselves against finite differences of their forward references (float64); torch's
 // conventions at the kinks; the exact float32 fused multiply-add of the AdamW reference; AdamW and
 // softmax backward split over bindings; errors naming the op and shapes.
+import { withOverrides } from './override.ts';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { CpuDevice } from '../../src/device/cpu/device.ts';
 import { type CaseResult, runConformance } from '../../src/device/conformance.ts';
@@ -33,12 +34,8 @@ const results = new Map<string, CaseResult[]>();
 /** The WebGPU device running softmaxBackward in the other row layout than its adapter picks. */
 function otherLayout(dev: WebGPUDevice): Device {
   const tree = isCpuAdapter(dev);
-  return new Proxy(dev, {
-    get(target, prop) {
-      if (prop === 'softmaxBackward') return (y: View, dy: View, dx: View) => gpuSoftmaxBackward(dev, y, dy, dx, reduceLayout(dev, y.shape.at(-1)!, 1, tree));
-      const v = Reflect.get(target, prop, target);
-      return typeof v === 'function' ? v.bind(target) : v;
-    },
+  return withOverrides(dev, {
+    softmaxBackward: (y: View, dy: View, dx: View) => gpuSoftmaxBackward(dev, y, dy, dx, reduceLayout(dev, y.shape.at(-1)!, 1, tree)),
   });
 }
 

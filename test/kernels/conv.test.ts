@@ -1,6 +1,7 @@
 // conv2d and upsampleNearest2x: every conformance case on WebGPU and on the CPU backend in f32, both
 // against the CPU float64 reference; the split into several bindings that large tensors take; and
 // the errors a caller gets for operands that do not fit together.
+import { withOverrides } from './override.ts';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { CpuDevice } from '../../src/device/cpu/device.ts';
 import { type CaseResult, compare, runConformance } from '../../src/device/conformance.ts';
@@ -21,16 +22,12 @@ const results = new Map<string, CaseResult[]>();
  */
 function relaunched(dev: WebGPUDevice, over: { limits?: GpuContext['limits']; adapterKey?: string }) {
   const counter = { dispatches: 0 };
-  const ctx: WebGPUDevice = new Proxy(dev, {
-    get: (target, key) => {
-      if (key === 'limits' && over.limits) return over.limits;
-      if (key === 'adapterKey' && over.adapterKey) return over.adapterKey;
-      if (key === 'dispatch') return (...a: Parameters<GpuContext['dispatch']>) => { counter.dispatches++; target.dispatch(...a); };
-      if (key === 'conv2d') return (...a: Parameters<Device['conv2d']>) => gpuConv2d(ctx, ...a);
-      if (key === 'upsampleNearest2x') return (...a: Parameters<Device['upsampleNearest2x']>) => gpuUpsampleNearest2x(ctx, ...a);
-      const v = (target as unknown as Record<string | symbol, unknown>)[key];
-      return typeof v === 'function' ? v.bind(target) : v;
-    },
+  const ctx: WebGPUDevice = withOverrides(dev, {
+    limits: over.limits,
+    adapterKey: over.adapterKey,
+    dispatch: (...a: Parameters<GpuContext['dispatch']>) => { counter.dispatches++; dev.dispatch(...a); },
+    conv2d: (...a: Parameters<Device['conv2d']>) => gpuConv2d(ctx, ...a),
+    upsampleNearest2x: (...a: Parameters<Device['upsampleNearest2x']>) => gpuUpsampleNearest2x(ctx, ...a),
   });
   return { ctx, counter };
 }

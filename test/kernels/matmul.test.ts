@@ -2,6 +2,7 @@
 // f32, both against the CPU float64 reference; a layout sweep on every kernel variant; the
 // binding-size splitting under an artificially small binding limit; the errors a caller gets; and
 // the tuner's cache, its dropping of failing variants and the FLUX_GRPO_MATMUL_VARIANT override.
+import { withOverrides } from './override.ts';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -41,12 +42,8 @@ const chunkCases: OpCase[] = [
 
 /** The WebGPU device with its matmul launched with these options (a variant, a binding limit). */
 function withMatmul(dev: WebGPUDevice, opts: MatmulLaunchOptions, ctx: GpuContext = dev): Device {
-  return new Proxy(dev, {
-    get(target, prop) {
-      if (prop === 'matmul') return (a: View, b: View, out: View, p: MatmulParams = {}) => gpuMatmul(ctx, a, b, out, p, opts);
-      const v = Reflect.get(target, prop, target);
-      return typeof v === 'function' ? v.bind(target) : v;
-    },
+  return withOverrides(dev, {
+    matmul: (a: View, b: View, out: View, p: MatmulParams = {}) => gpuMatmul(ctx, a, b, out, p, opts),
   });
 }
 

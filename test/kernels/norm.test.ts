@@ -1,5 +1,6 @@
 // LayerNorm and RMSNorm: every conformance case on WebGPU and on the CPU backend in f32, both
 // against the CPU float64 reference; then the errors a caller gets for bad shapes and layouts.
+import { withOverrides } from './override.ts';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { CpuDevice } from '../../src/device/cpu/device.ts';
 import { type CaseResult, runConformance } from '../../src/device/conformance.ts';
@@ -23,13 +24,9 @@ const results = new Map<string, CaseResult[]>();
  */
 function otherLayout(dev: WebGPUDevice): Device {
   const layout = (x: View) => normLayout(dev, x.shape.at(-1)!, !isCpuAdapter(dev));
-  return new Proxy(dev, {
-    get(target, prop) {
-      if (prop === 'layerNorm') return (x: View, w: View | null, b: View | null, out: View, p: { eps: number }) => gpuNorm(dev, 'layer', x, w, b, out, p.eps, layout(x));
-      if (prop === 'rmsNorm') return (x: View, w: View | null, out: View, p: { eps: number }) => gpuNorm(dev, 'rms', x, w, null, out, p.eps, layout(x));
-      const v = Reflect.get(target, prop, target);
-      return typeof v === 'function' ? v.bind(target) : v;
-    },
+  return withOverrides(dev, {
+    layerNorm: (x: View, w: View | null, b: View | null, out: View, p: { eps: number }) => gpuNorm(dev, 'layer', x, w, b, out, p.eps, layout(x)),
+    rmsNorm: (x: View, w: View | null, out: View, p: { eps: number }) => gpuNorm(dev, 'rms', x, w, null, out, p.eps, layout(x)),
   });
 }
 

@@ -3,6 +3,7 @@
 // attentionBackward and ropeBackward on WebGPU (in both row layouts / attention variants: the
 // adapter's and the other one) and on the CPU backend in f32, all against the CPU float64
 // reference; errors naming the op and shapes.
+import { withOverrides } from './override.ts';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { CpuDevice } from '../../src/device/cpu/device.ts';
 import { type CaseResult, runConformance } from '../../src/device/conformance.ts';
@@ -154,21 +155,11 @@ const results = new Map<string, CaseResult[]>();
  */
 function otherLayout(dev: WebGPUDevice): Device {
   const cpuLayout = !isCpuAdapter(dev);
-  return new Proxy(dev, {
-    get(target, prop) {
-      if (prop === 'layerNormBackward') {
-        return (x: View, w: View | null, dy: View, dx: View, dw: View | null, db: View | null, p: { eps: number }) => gpuNormBackward(dev, 'layer', x, w, dy, dx, dw, db, p.eps, cpuLayout);
-      }
-      if (prop === 'rmsNormBackward') {
-        return (x: View, w: View | null, dy: View, dx: View, dw: View | null, p: { eps: number }) => gpuNormBackward(dev, 'rms', x, w, dy, dx, dw, null, p.eps, cpuLayout);
-      }
-      if (prop === 'attentionBackward') {
-        return (q: View, k: View, v: View, out: View, lse: View, dout: View, dq: View, dk: View, dv: View, p: AttentionParams) =>
-          gpuAttentionBackwardVariant(dev, q, k, v, out, lse, dout, dq, dk, dv, p, attentionVariant(dev, q.shape[3]!, cpuLayout));
-      }
-      const value = Reflect.get(target, prop, target);
-      return typeof value === 'function' ? value.bind(target) : value;
-    },
+  return withOverrides(dev, {
+    layerNormBackward: (x: View, w: View | null, dy: View, dx: View, dw: View | null, db: View | null, p: { eps: number }) => gpuNormBackward(dev, 'layer', x, w, dy, dx, dw, db, p.eps, cpuLayout),
+    rmsNormBackward: (x: View, w: View | null, dy: View, dx: View, dw: View | null, p: { eps: number }) => gpuNormBackward(dev, 'rms', x, w, dy, dx, dw, null, p.eps, cpuLayout),
+    attentionBackward: (q: View, k: View, v: View, out: View, lse: View, dout: View, dq: View, dk: View, dv: View, p: AttentionParams) =>
+          gpuAttentionBackwardVariant(dev, q, k, v, out, lse, dout, dq, dk, dv, p, attentionVariant(dev, q.shape[3]!, cpuLayout)),
   });
 }
 

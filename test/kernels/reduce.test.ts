@@ -3,6 +3,7 @@
 // tree reductions real GPUs get), and on the CPU backend in f32, all against the CPU float64
 // reference; then the errors a caller gets for bad shapes. (Operands larger than one binding are
 // tested with the elementwise family, which owns the splitting.)
+import { withOverrides } from './override.ts';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { CpuDevice } from '../../src/device/cpu/device.ts';
 import { type CaseResult, runConformance } from '../../src/device/conformance.ts';
@@ -20,16 +21,10 @@ const results = new Map<string, CaseResult[]>();
 /** The WebGPU device with the other layout than its adapter picks. */
 function otherLayout(dev: WebGPUDevice): Device {
   const tree = isCpuAdapter(dev);
-  return new Proxy(dev, {
-    get(target, prop) {
-      if (prop === 'reduce') {
-        return (op: ReduceOp, x: View, out: View, p: { outer: number; n: number; inner: number; correction?: number }) =>
-          gpuReduce(dev, op, x, out, p, reduceLayout(dev, p.n, p.inner, tree));
-      }
-      if (prop === 'softmax') return (x: View, out: View) => gpuSoftmax(dev, x, out, reduceLayout(dev, x.shape.at(-1)!, 1, tree));
-      const v = Reflect.get(target, prop, target);
-      return typeof v === 'function' ? v.bind(target) : v;
-    },
+  return withOverrides(dev, {
+    reduce: (op: ReduceOp, x: View, out: View, p: { outer: number; n: number; inner: number; correction?: number }) =>
+          gpuReduce(dev, op, x, out, p, reduceLayout(dev, p.n, p.inner, tree)),
+    softmax: (x: View, out: View) => gpuSoftmax(dev, x, out, reduceLayout(dev, x.shape.at(-1)!, 1, tree)),
   });
 }
 
