@@ -8,6 +8,7 @@ import {
 } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { basename, dirname, join } from 'node:path';
+import { bf16BitsToF32, f16BitsToF32 } from '../tensor/dtype.ts';
 
 export type StDType =
   | 'BOOL' | 'F4' | 'F6_E2M3' | 'F6_E3M2' | 'U8' | 'I8' | 'F8_E5M2' | 'F8_E4M3' | 'F8_E8M0' | 'F8_E4M3FNUZ' | 'F8_E5M2FNUZ'
@@ -347,6 +348,13 @@ export function readSafetensors(path: string): StFile {
   }
 }
 
+/** A tensor of a whole-file read, or an error naming the file and the missing tensor. */
+export function stTensor(file: StFile, name: string): StTensor {
+  const t = file.tensors.get(name);
+  if (t === undefined) throw new SafetensorsError(file.path, 'no such tensor', name);
+  return t;
+}
+
 function writeAll(fd: number, bytes: Uint8Array): void {
   for (let done = 0; done < bytes.byteLength;) done += writeSync(fd, bytes, done, Math.min(bytes.byteLength - done, 1 << 30));
 }
@@ -420,17 +428,12 @@ export function stToFloat64(t: StTensor): Float64Array {
   const dv = new DataView(t.bytes.buffer, t.bytes.byteOffset, t.bytes.byteLength);
   const n = t.bytes.byteLength / ST_DTYPE_BYTES[t.dtype];
   const out = new Float64Array(n);
-  const f = new Float32Array(1), u = new Uint32Array(f.buffer);
   for (let i = 0; i < n; i++) {
     switch (t.dtype) {
       case 'F64': out[i] = dv.getFloat64(i * 8, true); break;
       case 'F32': out[i] = dv.getFloat32(i * 4, true); break;
-      case 'BF16': u[0] = dv.getUint16(i * 2, true) << 16; out[i] = f[0]!; break;
-      case 'F16': {
-        const h = dv.getUint16(i * 2, true), e = (h >> 10) & 31, m = h & 1023, s = h & 0x8000 ? -1 : 1;
-        out[i] = e === 0 ? s * m * 2 ** -24 : e === 31 ? (m ? NaN : s * Infinity) : s * (1 + m / 1024) * 2 ** (e - 15);
-        break;
-      }
+      case 'BF16': out[i] = bf16BitsToF32(dv.getUint16(i * 2, true)); break;
+      case 'F16': out[i] = f16BitsToF32(dv.getUint16(i * 2, true)); break;
       case 'I64': out[i] = Number(dv.getBigInt64(i * 8, true)); break;
       case 'I32': out[i] = dv.getInt32(i * 4, true); break;
       case 'I16': out[i] = dv.getInt16(i * 2, true); break;

@@ -10,33 +10,23 @@ import { backward, noGrad } from '../../src/autograd/functional.ts';
 import { CpuDevice } from '../../src/device/cpu/device.ts';
 import type { Device } from '../../src/device/device.ts';
 import { WebGPUDevice } from '../../src/device/webgpu/device.ts';
-import { readSafetensors, stToFloat32, stToFloat64, type StTensor } from '../../src/io/safetensors.ts';
+import { readSafetensors, stToFloat32, stToFloat64, type StTensor, stTensor } from '../../src/io/safetensors.ts';
 import { Generator, randn } from '../../src/rng/index.ts';
 import { bflToDiffusers } from '../../src/models/flux/bfl.ts';
 import { loadFluxTransformer } from '../../src/models/flux/load.ts';
 import { ropeTables } from '../../src/models/flux/math.ts';
-import type { FluxInputs, FluxTransformer } from '../../src/models/flux/model.ts';
+import type { FluxTransformer } from '../../src/models/flux/model.ts';
 import { latentImageIds, packLatents } from '../../src/models/flux/pack.ts';
 import { fluxParamsFromConfig } from '../../src/models/flux/params.ts';
 import { randomFluxWeights } from '../../src/models/flux/tiny.ts';
 import { Tensor } from '../../src/tensor/tensor.ts';
-import { goldenCases, readJson } from './golden.ts';
+import { disposeFluxInputs, fluxCaseInputs, uploadF32 } from './flux_inputs.ts';
+import { goldenCases, readJson, relL2 } from './golden.ts';
 
 interface FluxCase {
   seed?: number;
   rng?: string;
   tolerances: { float32_outputs: number; float32_intermediates: number; float32_grads: number };
-}
-
-/** ||a - b|| / ||b|| (0 when both are zero). */
-function relL2(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  if (a.length !== b.length) throw new Error(`length ${a.length} vs ${b.length}`);
-  let num = 0, den = 0;
-  for (let i = 0; i < b.length; i++) {
-    num += (a[i]! - b[i]!) ** 2;
-    den += b[i]! ** 2;
-  }
-  return den === 0 ? Math.sqrt(num) : Math.sqrt(num / den);
 }
 
 function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
@@ -54,37 +44,14 @@ for (const dir of goldenCases('flux_transformer')) {
   const c = readJson<FluxCase>(join(dir, 'case.json'));
   const tol = c.tolerances;
   const params = fluxParamsFromConfig(readJson(join(dir, 'config.json')));
-  const inputs = tensors(join(dir, 'inputs.safetensors'));
-  const outputs = tensors(join(dir, 'outputs.safetensors'));
+  const inputFile = readSafetensors(join(dir, 'inputs.safetensors'));
+  const outputFile = readSafetensors(join(dir, 'outputs.safetensors'));
+  const inputs = inputFile.tensors;
+  const outputs = outputFile.tensors;
   const intermediates = tensors(join(dir, 'intermediates.safetensors'));
   const grads = tensors(join(dir, 'grads.safetensors'));
-  const input = (key: string): StTensor => {
-    const t = inputs.get(key);
-    if (!t) throw new Error(`${dir}/inputs.safetensors has no tensor '${key}'`);
-    return t;
-  };
-  const expected = (key: string): StTensor => {
-    const t = outputs.get(key);
-    if (!t) throw new Error(`${dir}/outputs.safetensors has no tensor '${key}'`);
-    return t;
-  };
-  const upload = (dev: Device, t: StTensor) => Tensor.from(dev, stToFloat32(t), t.shape, 'f32');
-  // [L, 3] ids; a deprecated [1, L, 3] is read as its first row, as diffusers does.
-  const ids = (t: StTensor) => stToFloat32(t).subarray(0, t.shape.slice(-2).reduce((a, b) => a * b, 1));
-  const txtIds = ids(input('txt_ids'));
-  const imgIds = ids(input('img_ids'));
-
-  /** The case's forward inputs on `dev` (the caller disposes the tensors). */
-  const modelInputs = (dev: Device): FluxInputs => ({
-    hiddenStates: upload(dev, input('hidden_states')),
-    encoderHiddenStates: upload(dev, input('encoder_hidden_states')),
-    pooledProjections: upload(dev, input('pooled_projections')),
-    timestep: stToFloat32(input('timestep')),
-    guidance: inputs.has('guidance') ? stToFloat32(input('guidance')) : null,
-    txtIds,
-    imgIds,
-  });
-  const disposeInputs = (x: FluxInputs) => [x.hiddenStates, x.encoderHiddenStates, x.pooledProjections].forEach((t) => t.dispose());
+  const expected = (key: string): StTensor => stTensor(outputFile, key);
+  const { input, txtIds, imgIds, modelInputs } = fluxCaseInputs(inputFile);
 
   describe(`${name} host-side`, () => {
     test(`${name}: RoPE cos/sin, float32 recipe against the reference's float64 tables`, () => {
@@ -137,7 +104,7 @@ for (const dir of goldenCases('flux_transformer')) {
     test(`${name}: packed latents and image ids are DanceGRPO's`, async () => {
       if (!inputs.has('noise_latents')) return;
       const dev = new CpuDevice();
-      const noise = upload(dev, input('noise_latents'));
+      const noise = uploadF32(dev, input('noise_latents'));
       const packed = packLatents(noise);
       expect(packed.shape).toEqual(input('hidden_states').shape);
       expect(maxAbsDiff(await packed.toFloat64(), stToFloat64(input('hidden_states')))).toBe(0);
@@ -185,7 +152,7 @@ for (const dir of goldenCases('flux_transformer')) {
         expect(Math.abs(loss - stToFloat64(expected('loss'))[0]!)).toBeLessThanOrEqual(tol.float32_outputs * norm(refSample) * norm(cot));
       }
       sample.dispose();
-      disposeInputs(x);
+      disposeFluxInputs(x);
       expect(dev.memory().liveBuffers, 'buffers leaked by forward').toBe(live);
     });
 
@@ -199,7 +166,7 @@ for (const dir of goldenCases('flux_transformer')) {
       expect(maxAbsDiff(vb, va)).toBe(0);
       expect(relL2(vb, stToFloat64(expected('sample')))).toBeLessThanOrEqual(tol.float32_outputs);
       [a!, b!].forEach((t) => t.dispose());
-      disposeInputs(x);
+      disposeFluxInputs(x);
       bfl.dispose();
     });
 
@@ -221,7 +188,7 @@ for (const dir of goldenCases('flux_transformer')) {
           if (msg.includes('no backward rule yet')) ctx.skip(`SKIPPED until the autograd backward rules land: ${msg}`);
           throw err;
         }
-        const cot = upload(dev, input('cotangent'));
+        const cot = uploadF32(dev, input('cotangent'));
         backward(sample, cot);
         sample.dispose();
         cot.dispose();
@@ -244,7 +211,7 @@ for (const dir of goldenCases('flux_transformer')) {
           t.grad?.dispose();
           t.grad = null;
         }
-        disposeInputs(x);
+        disposeFluxInputs(x);
       }
     });
   });

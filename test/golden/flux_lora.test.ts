@@ -12,30 +12,20 @@ import { backward, noGrad } from '../../src/autograd/functional.ts';
 import { CpuDevice } from '../../src/device/cpu/device.ts';
 import type { Device } from '../../src/device/device.ts';
 import { WebGPUDevice } from '../../src/device/webgpu/device.ts';
-import { readSafetensors, stToFloat32, stToFloat64, type StTensor } from '../../src/io/safetensors.ts';
+import { readSafetensors, stToFloat32, stToFloat64, stTensor } from '../../src/io/safetensors.ts';
 import { loadFluxTransformer } from '../../src/models/flux/load.ts';
-import type { FluxInputs, FluxTransformer } from '../../src/models/flux/model.ts';
+import type { FluxTransformer } from '../../src/models/flux/model.ts';
 import { fluxParameterShapes, fluxParamsFromConfig } from '../../src/models/flux/params.ts';
 import { LORA_CONFIG_FILE, LORA_FILE, LoraAdapters } from '../../src/models/lora.ts';
 import { Generator, randn } from '../../src/rng/index.ts';
-import { Tensor } from '../../src/tensor/tensor.ts';
-import { goldenCases, readJson } from './golden.ts';
+import { disposeFluxInputs, fluxCaseInputs, uploadF32 } from './flux_inputs.ts';
+import { goldenCases, readJson, relL2 } from './golden.ts';
 
 interface LoraCase {
   variant?: string;
   seed?: number;
   lora: { rank: number; alpha: number; scale: number; target_modules: string[]; init?: string };
   tolerances: { float32_outputs: number; float32_grads: number };
-}
-
-function relL2(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  if (a.length !== b.length) throw new Error(`length ${a.length} vs ${b.length}`);
-  let num = 0, den = 0;
-  for (let i = 0; i < b.length; i++) {
-    num += (a[i]! - b[i]!) ** 2;
-    den += b[i]! ** 2;
-  }
-  return den === 0 ? Math.sqrt(num) : Math.sqrt(num / den);
 }
 
 const fmt = (e: Record<string, number>, n = 4) => Object.entries(e).sort((p, q) => q[1] - p[1]).slice(0, n).map(([k, v]) => `${k} ${v.toExponential(2)}`).join(', ');
@@ -57,29 +47,11 @@ for (const dir of goldenCases('flux_lora')) {
   const base = baseCase(dir, c.variant);
   const loraFile = join(dir, LORA_FILE);
   const golden = readSafetensors(loraFile);
-  const inputs = readSafetensors(join(base, 'inputs.safetensors')).tensors;
-  const outputs = readSafetensors(join(dir, 'outputs.safetensors')).tensors;
+  const outputFile = readSafetensors(join(dir, 'outputs.safetensors'));
   const grads = readSafetensors(join(dir, 'grads.safetensors')).tensors;
   const mergedWeights = readSafetensors(join(dir, 'merged_weights.safetensors')).tensors;
-  const get = (m: Map<string, StTensor>, key: string, what: string): StTensor => {
-    const t = m.get(key);
-    if (!t) throw new Error(`${what} has no tensor '${key}'`);
-    return t;
-  };
-  const input = (k: string) => get(inputs, k, `${base}/inputs.safetensors`);
-  const expected = (k: string) => get(outputs, k, `${dir}/outputs.safetensors`);
-  const upload = (dev: Device, t: StTensor) => Tensor.from(dev, stToFloat32(t), t.shape, 'f32');
-  const ids = (t: StTensor) => stToFloat32(t).subarray(0, t.shape.slice(-2).reduce((a, b) => a * b, 1));
-  const modelInputs = (dev: Device): FluxInputs => ({
-    hiddenStates: upload(dev, input('hidden_states')),
-    encoderHiddenStates: upload(dev, input('encoder_hidden_states')),
-    pooledProjections: upload(dev, input('pooled_projections')),
-    timestep: stToFloat32(input('timestep')),
-    guidance: inputs.has('guidance') ? stToFloat32(input('guidance')) : null,
-    txtIds: ids(input('txt_ids')),
-    imgIds: ids(input('img_ids')),
-  });
-  const disposeInputs = (x: FluxInputs) => [x.hiddenStates, x.encoderHiddenStates, x.pooledProjections].forEach((t) => t.dispose());
+  const expected = (k: string) => stTensor(outputFile, k);
+  const { input, modelInputs } = fluxCaseInputs(readSafetensors(join(base, 'inputs.safetensors')));
 
   describe(`${name} host-side`, () => {
     const tmp = mkdtempSync(join(tmpdir(), `${name}-`));
@@ -176,7 +148,7 @@ for (const dir of goldenCases('flux_lora')) {
       console.log(`${name} ${kind} sample with adapter relL2 ${err.toExponential(2)}`);
       expect(err).toBeLessThanOrEqual(tol.float32_outputs);
       sample.dispose();
-      disposeInputs(x);
+      disposeFluxInputs(x);
       model.setLora(null);
     });
 
@@ -186,7 +158,7 @@ for (const dir of goldenCases('flux_lora')) {
       const x = modelInputs(dev);
       try {
         const sample = model.forward(x, { gradientCheckpointing: ckpt });
-        const cot = upload(dev, input('cotangent'));
+        const cot = uploadF32(dev, input('cotangent'));
         backward(sample, cot);
         sample.dispose();
         cot.dispose();
@@ -208,7 +180,7 @@ for (const dir of goldenCases('flux_lora')) {
           t.grad?.dispose();
           t.grad = null;
         }
-        disposeInputs(x);
+        disposeFluxInputs(x);
         model.setLora(null);
       }
     });
@@ -225,7 +197,7 @@ for (const dir of goldenCases('flux_lora')) {
         const merged = noGrad(() => model.forward(x));
         errors.merged_sample = relL2(await merged.toFloat64(), stToFloat64(expected('merged_sample')));
         merged.dispose();
-        disposeInputs(x);
+        disposeFluxInputs(x);
       } finally {
         lora.unmerge(params);
       }

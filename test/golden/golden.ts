@@ -3,6 +3,7 @@
 // visible cases: the same tests run on other cases generated the same way.
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
+import { expect } from 'vitest';
 
 export const GOLDEN_DIR = resolve(process.env.GOLDEN_DIR ?? join(import.meta.dirname, '../../../shared/golden'));
 
@@ -17,4 +18,38 @@ export function goldenCases(family: string): string[] {
 
 export function readJson<T = any>(path: string): T {
   return JSON.parse(readFileSync(path, 'utf8')) as T;
+}
+
+/**
+ * Our uint8 images (HWC each) equal the reference bytes [B, H, W, 3]; a level may differ by one only
+ * where the float value before rounding, clamp(x / 2 + 0.5, 0, 1) * 255 with x [B, 3, H, W], lies
+ * within 1e-4 of a .5 boundary.
+ */
+export function expectSameUint8Images(got: Uint8Array[], want: Uint8Array, x: Float32Array, shape: readonly number[]): void {
+  const [, , height, width] = shape as [number, number, number, number];
+  const plane = height * width;
+  const unexplained: string[] = [];
+  got.forEach((image, b) => {
+    for (let p = 0; p < plane; p++) {
+      for (let c = 0; c < 3; c++) {
+        const ours = image[p * 3 + c]!, theirs = want[(b * plane + p) * 3 + c]!;
+        if (ours === theirs) continue;
+        const scaled = Math.min(1, Math.max(0, x[(b * 3 + c) * plane + p]! / 2 + 0.5)) * 255;
+        const nearHalf = Math.abs(scaled - Math.floor(scaled) - 0.5) < 1e-4;
+        if (!nearHalf || Math.abs(ours - theirs) > 1) unexplained.push(`image ${b} pixel ${p} channel ${c}: ${ours} vs ${theirs} (${scaled})`);
+      }
+    }
+  });
+  expect(unexplained).toEqual([]);
+}
+
+/** ||got - want|| / ||want|| (the absolute L2 norm when want is all zeros); lengths must agree. */
+export function relL2(got: ArrayLike<number>, want: ArrayLike<number>): number {
+  if (got.length !== want.length) throw new Error(`length ${got.length} vs ${want.length}`);
+  let num = 0, den = 0;
+  for (let i = 0; i < want.length; i++) {
+    num += (got[i]! - want[i]!) ** 2;
+    den += want[i]! ** 2;
+  }
+  return den === 0 ? Math.sqrt(num) : Math.sqrt(num / den);
 }

@@ -9,7 +9,7 @@ import { CpuDevice } from '../../src/device/cpu/device.ts';
 import type { Device } from '../../src/device/device.ts';
 import { WebGPUDevice } from '../../src/device/webgpu/device.ts';
 import { AdamW, EMA, type ScheduleName, clipGradNorm, getScheduler } from '../../src/grpo/optim.ts';
-import { type StTensor, readSafetensors, stToFloat32 } from '../../src/io/safetensors.ts';
+import { type StTensor, readSafetensors, stToFloat32, stTensor } from '../../src/io/safetensors.ts';
 import { Tensor } from '../../src/tensor/tensor.ts';
 import { goldenCases, readJson } from './golden.ts';
 
@@ -51,12 +51,8 @@ function parseScheduler(call: string): { name: ScheduleName; warmupSteps?: numbe
 for (const dir of goldenCases('grpo_math')) {
   const name = dir.split('/').at(-1)!;
   const c = readJson(join(dir, 'case.json'));
-  const tensors = readSafetensors(join(dir, 'optimiser.safetensors')).tensors;
-  const get = (key: string): StTensor => {
-    const t = tensors.get(key);
-    if (!t) throw new Error(`${dir}/optimiser.safetensors has no tensor '${key}'`);
-    return t;
-  };
+  const optimiser = readSafetensors(join(dir, 'optimiser.safetensors'));
+  const get = (key: string): StTensor => stTensor(optimiser, key);
   const hp = c.adamw.hyperparameters;
   const nParams: number = c.adamw.param_shapes.length;
   const steps: number = c.adamw.steps;
@@ -109,8 +105,8 @@ for (const dir of goldenCases('grpo_math')) {
     }
 
     test(`${name} clip_grad_norm_: total norm and clipped grads per max_norm`, async () => {
-      const nGrads = [...tensors.keys()].filter((k) => /^clip\.grad_in\.p\d+$/.test(k)).length;
-      const byMaxNorm = new Map([...tensors.keys()].flatMap((k) => {
+      const nGrads = [...optimiser.tensors.keys()].filter((k) => /^clip\.grad_in\.p\d+$/.test(k)).length;
+      const byMaxNorm = new Map([...optimiser.tensors.keys()].flatMap((k) => {
         const m = /^clip\.max_norm_(.+)\.total_norm$/.exec(k);
         return m ? [[Number(m[1]), `clip.max_norm_${m[1]}`] as const] : [];
       }));

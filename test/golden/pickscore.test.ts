@@ -10,22 +10,12 @@ import { WebGPUDevice } from '../../src/device/webgpu/device.ts';
 import { createReward } from '../../src/grpo/rewards.ts';
 import { ClipTokenizer } from '../../src/io/clip_tokenizer.ts';
 import { readPng } from '../../src/io/png.ts';
-import { readSafetensors, stToFloat64, type StFile } from '../../src/io/safetensors.ts';
+import { readSafetensors, stToFloat64, type StFile, stTensor } from '../../src/io/safetensors.ts';
 import { loadHfClip } from '../../src/models/clip/load.ts';
 import type { ClipModel } from '../../src/models/clip/model.ts';
 import { clipImageProcessorConfig, clipImageProcessorSteps, stackChw } from '../../src/models/clip/preprocess.ts';
 import { Tensor } from '../../src/tensor/tensor.ts';
-import { GOLDEN_DIR, goldenCases, readJson } from './golden.ts';
-
-function relL2(got: ArrayLike<number>, want: ArrayLike<number>): number {
-  if (got.length !== want.length) throw new Error(`length ${got.length} vs ${want.length}`);
-  let num = 0, den = 0;
-  for (let i = 0; i < want.length; i++) {
-    num += (got[i]! - want[i]!) ** 2;
-    den += want[i]! ** 2;
-  }
-  return den === 0 ? Math.sqrt(num) : Math.sqrt(num / den);
-}
+import { GOLDEN_DIR, goldenCases, readJson, relL2 } from './golden.ts';
 
 function maxAbs(got: ArrayLike<number>, want: ArrayLike<number>): number {
   if (got.length !== want.length) throw new Error(`length ${got.length} vs ${want.length}`);
@@ -35,8 +25,7 @@ function maxAbs(got: ArrayLike<number>, want: ArrayLike<number>): number {
 }
 
 function tensorOf(st: StFile, name: string): { shape: number[]; data: Float64Array } {
-  const t = st.tensors.get(name);
-  if (!t) throw new Error(`${st.path}: no tensor ${name}`);
+  const t = stTensor(st, name);
   return { shape: t.shape, data: stToFloat64(t) };
 }
 

@@ -5,13 +5,12 @@ import { existsSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { ClipTokenizer } from '../../src/io/clip_tokenizer.ts';
-import { readSafetensors, stToFloat64 } from '../../src/io/safetensors.ts';
+import { readSafetensors, stToFloat64, stTensor } from '../../src/io/safetensors.ts';
 import { GOLDEN_DIR, goldenCases, readJson } from './golden.ts';
 
 /** An integer tensor of a safetensors file as rows of its last dimension. */
 function idRows(path: string, name: string): number[][] {
-  const tensor = readSafetensors(path).tensors.get(name);
-  if (!tensor) throw new Error(`${path}: no tensor ${name}`);
+  const tensor = stTensor(readSafetensors(path), name);
   const values = Array.from(stToFloat64(tensor));
   const width = tensor.shape[tensor.shape.length - 1]!;
   return Array.from({ length: values.length / width }, (_, r) => values.slice(r * width, (r + 1) * width));

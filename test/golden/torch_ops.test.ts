@@ -6,7 +6,7 @@ import { CpuDevice } from '../../src/device/cpu/device.ts';
 import type { Device } from '../../src/device/device.ts';
 import { WebGPUDevice } from '../../src/device/webgpu/device.ts';
 import { compare } from '../../src/device/conformance.ts';
-import { readSafetensors, stToFloat32, type StTensor } from '../../src/io/safetensors.ts';
+import { readSafetensors, stToFloat32, type StTensor, stTensor } from '../../src/io/safetensors.ts';
 import * as F from '../../src/tensor/ops.ts';
 import { Tensor } from '../../src/tensor/tensor.ts';
 import { goldenCases, readJson } from './golden.ts';
@@ -59,12 +59,8 @@ function upload(dev: Device, t: StTensor): Tensor {
 for (const dir of goldenCases('torch_ops')) {
   const name = dir.split('/').at(-1)!;
   const c = readJson<{ tolerances: { forward_rel_l2: number }; entries: Entry[] }>(join(dir, 'case.json'));
-  const tensors = readSafetensors(join(dir, 'tensors.safetensors')).tensors;
-  const get = (entry: string, key: string) => {
-    const t = tensors.get(`${entry}/${key}`);
-    if (!t) throw new Error(`${dir}/tensors.safetensors has no tensor '${entry}/${key}'`);
-    return t;
-  };
+  const file = readSafetensors(join(dir, 'tensors.safetensors'));
+  const get = (entry: string, key: string) => stTensor(file, `${entry}/${key}`);
 
   describe.each(['cpu', 'webgpu'] as const)(`${name} forward on %s`, (kind) => {
     let dev: Device;

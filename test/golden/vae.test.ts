@@ -13,27 +13,17 @@ import { CpuDevice } from '../../src/device/cpu/device.ts';
 import type { Device } from '../../src/device/device.ts';
 import { WebGPUDevice } from '../../src/device/webgpu/device.ts';
 import { readPng } from '../../src/io/png.ts';
-import { readSafetensors, stToFloat32, type StTensor } from '../../src/io/safetensors.ts';
+import { readSafetensors, stToFloat32, type StTensor, stTensor } from '../../src/io/safetensors.ts';
 import { AutoencoderKL } from '../../src/models/vae/autoencoder.ts';
 import { type TilingParams, readVaeConfig, tilingFromConfig } from '../../src/models/vae/config.ts';
 import { savePngs, unpackLatents, unscaleLatents } from '../../src/models/vae/pipeline.ts';
 import { Tensor } from '../../src/tensor/tensor.ts';
-import { GOLDEN_DIR, goldenCases, readJson } from './golden.ts';
+import { expectSameUint8Images, GOLDEN_DIR, goldenCases, readJson } from './golden.ts';
 
 const decoderCases = goldenCases('vae_decoder');
 const tiledCases = goldenCases('vae_tiled');
 const scratch = mkdtempSync(join(tmpdir(), 'vae-golden-'));
 afterAll(() => rmSync(scratch, { recursive: true, force: true }));
-
-function tensors(path: string): Map<string, StTensor> {
-  return readSafetensors(path).tensors;
-}
-
-function get(map: Map<string, StTensor>, name: string, where: string): StTensor {
-  const t = map.get(name);
-  if (!t) throw new Error(`${where}: no tensor ${name}`);
-  return t;
-}
 
 function upload(dev: Device, t: StTensor): Tensor {
   return Tensor.from(dev, stToFloat32(t), t.shape, 'f32');
@@ -55,28 +45,6 @@ async function expectClose(label: string, got: Tensor, want: StTensor, tol: numb
   const err = await relL2(got, want);
   console.log(`${label}: rel L2 ${err.toExponential(2)} (tolerance ${tol})`);
   expect(err, label).toBeLessThanOrEqual(tol);
-}
-
-/**
- * Our uint8 pixels equal the reference's [B, H, W, 3]; a level may differ by one only where the reference
- * float value before rounding, clamp(x / 2 + 0.5, 0, 1) * 255, lies within 1e-4 of a .5 boundary.
- */
-function expectSameUint8(got: Uint8Array[], want: Uint8Array, x: Float32Array, shape: number[]): void {
-  const [, , height, width] = shape as [number, number, number, number];
-  const plane = height * width;
-  const unexplained: string[] = [];
-  got.forEach((image, b) => {
-    for (let p = 0; p < plane; p++) {
-      for (let c = 0; c < 3; c++) {
-        const ours = image[p * 3 + c]!, theirs = want[(b * plane + p) * 3 + c]!;
-        if (ours === theirs) continue;
-        const scaled = Math.min(1, Math.max(0, x[(b * 3 + c) * plane + p]! / 2 + 0.5)) * 255;
-        const nearHalf = Math.abs(scaled - Math.floor(scaled) - 0.5) < 1e-4;
-        if (!nearHalf || Math.abs(ours - theirs) > 1) unexplained.push(`image ${b} pixel ${p} channel ${c}: ${ours} vs ${theirs} (${scaled})`);
-      }
-    }
-  });
-  expect(unexplained).toEqual([]);
 }
 
 interface DecoderCase {
@@ -118,14 +86,14 @@ describe.each(['cpu', 'webgpu'] as const)('%s', (kind) => {
     const name = basename(dir);
     describe(name, () => {
       const c = readJson<DecoderCase>(join(dir, 'case.json'));
-      const outputs = tensors(join(dir, 'outputs.safetensors'));
+      const outputs = readSafetensors(join(dir, 'outputs.safetensors'));
       const [height, width] = c.nominal_image_hw_for_unpack;
       let vae: AutoencoderKL;
       let packed: Tensor;
       beforeAll(() => {
         // DanceGRPO calls vae.enable_tiling(); tiling engages only for latents larger than a tile.
         vae = AutoencoderKL.fromPretrained(dev, dir).enableTiling();
-        packed = upload(dev, get(tensors(join(dir, 'inputs.safetensors')), 'packed_latents', dir));
+        packed = upload(dev, stTensor(readSafetensors(join(dir, 'inputs.safetensors')), 'packed_latents'));
       });
       afterAll(() => {
         vae?.dispose();
@@ -135,8 +103,8 @@ describe.each(['cpu', 'webgpu'] as const)('%s', (kind) => {
       it(`${name} (${kind}): unpack_latents and latents / scaling_factor + shift_factor`, async () => {
         const unpacked = unpackLatents(packed, height, width, c.vae_scale_factor_for_unpack ?? 8);
         const z = unscaleLatents(vae, unpacked);
-        if (outputs.has('unpacked_latents')) await expectClose(`${name} ${kind} unpacked_latents`, unpacked, outputs.get('unpacked_latents')!, c.tolerances.float32_outputs);
-        if (outputs.has('decoder_input')) await expectClose(`${name} ${kind} decoder_input`, z, outputs.get('decoder_input')!, c.tolerances.float32_outputs);
+        if (outputs.tensors.has('unpacked_latents')) await expectClose(`${name} ${kind} unpacked_latents`, unpacked, stTensor(outputs, 'unpacked_latents'), c.tolerances.float32_outputs);
+        if (outputs.tensors.has('decoder_input')) await expectClose(`${name} ${kind} decoder_input`, z, stTensor(outputs, 'decoder_input'), c.tolerances.float32_outputs);
         unpacked.dispose();
         z.dispose();
       });
@@ -152,7 +120,7 @@ describe.each(['cpu', 'webgpu'] as const)('%s', (kind) => {
         // a tiled decode runs the decoder once per tile: the reference's hooks then saw tiles, not the image
         const tiled = vae.tiling !== null && Math.max(z.shape[2]!, z.shape[3]!) > vae.tiling.tileLatentMinSize;
         if (existsSync(intermediatesFile) && !tiled) {
-          const want = tensors(intermediatesFile);
+          const want = readSafetensors(intermediatesFile).tensors;
           const tol = c.tolerances.float32_intermediates ?? c.tolerances.float32_outputs;
           for (const [stage, t] of want) {
             expect(stages.has(stage), `no decoder stage ${stage}`).toBe(true);
@@ -162,18 +130,18 @@ describe.each(['cpu', 'webgpu'] as const)('%s', (kind) => {
         stages.forEach((t) => t.dispose());
         z.dispose();
 
-        const wantImage = get(outputs, 'image', dir);
+        const wantImage = stTensor(outputs, 'image');
         await expectClose(`${name} ${kind} image`, image, wantImage, c.tolerances.float32_outputs);
 
         const images = await savePngs(image, (b) => join(scratch, `${name}_${kind}_${b}.png`));
         const ref = stToFloat32(wantImage);
-        expectSameUint8(images.map((im) => im.rgb), get(outputs, 'image_uint8', dir).bytes, ref, wantImage.shape);
+        expectSameUint8Images(images.map((im) => im.rgb), stTensor(outputs, 'image_uint8').bytes, ref, wantImage.shape);
         images.forEach((im, b) => {
           expect(readPng(join(scratch, `${name}_${kind}_${b}.png`))).toEqual(im);
           const png = join(dir, `image_${b}.png`);
           if (existsSync(png)) {
             const plane = im.rgb.length;
-            expectSameUint8([im.rgb], readPng(png).rgb, ref.subarray(b * plane, (b + 1) * plane), [1, 3, im.height, im.width]);
+            expectSameUint8Images([im.rgb], readPng(png).rgb, ref.subarray(b * plane, (b + 1) * plane), [1, 3, im.height, im.width]);
           }
         });
         image.dispose();
@@ -186,7 +154,7 @@ describe.each(['cpu', 'webgpu'] as const)('%s', (kind) => {
     const name = basename(dir);
     describe(name, () => {
       const c = readJson<TiledCase>(join(dir, 'case.json'));
-      const outputs = tensors(join(dir, 'outputs.safetensors'));
+      const outputs = readSafetensors(join(dir, 'outputs.safetensors'));
       const tol = c.tolerances.float32_outputs;
       const tiling: TilingParams = {
         tileSampleMinSize: c.tiling.tile_sample_min_size,
@@ -199,7 +167,7 @@ describe.each(['cpu', 'webgpu'] as const)('%s', (kind) => {
       let z: Tensor;
       beforeAll(() => {
         vae = AutoencoderKL.load(dev, readVaeConfig(join(dir, 'config.json')), tiledWeights(dir, c));
-        z = upload(dev, get(tensors(join(dir, 'inputs.safetensors')), 'latents', dir));
+        z = upload(dev, stTensor(readSafetensors(join(dir, 'inputs.safetensors')), 'latents'));
       });
       afterAll(() => {
         vae?.dispose();
@@ -213,14 +181,14 @@ describe.each(['cpu', 'webgpu'] as const)('%s', (kind) => {
 
       it(`${name} (${kind}): untiled decode`, async () => {
         const image = vae.disableTiling().decode(z);
-        await expectClose(`${name} ${kind} image_untiled`, image, get(outputs, 'image_untiled', dir), tol);
+        await expectClose(`${name} ${kind} image_untiled`, image, stTensor(outputs, 'image_untiled'), tol);
         image.dispose();
       });
 
       it(`${name} (${kind}): tiled decode (enable_tiling)`, async () => {
         const baseline = dev.memory().liveBuffers;
         const image = vae.enableTiling(tiling).decode(z);
-        await expectClose(`${name} ${kind} image_tiled`, image, get(outputs, 'image_tiled', dir), tol);
+        await expectClose(`${name} ${kind} image_tiled`, image, stTensor(outputs, 'image_tiled'), tol);
         image.dispose();
         expect(dev.memory().liveBuffers, 'buffers left after a tiled decode').toBe(baseline);
       });
