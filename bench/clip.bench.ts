@@ -14,13 +14,7 @@ import type { HostTensor, StateDict } from '../src/models/clip/layers.ts';
 import { loadClip, openClipParams, VIT_H_14_CONFIG } from '../src/models/clip/load.ts';
 import type { ClipModel, ClipParams } from '../src/models/clip/model.ts';
 import { Tensor } from '../src/tensor/tensor.ts';
-
-function flag(name: string, fallback?: string): string | undefined {
-  const i = process.argv.indexOf(`--${name}`);
-  if (i >= 0) return process.argv[i + 1];
-  const inline = process.argv.find((a) => a.startsWith(`--${name}=`));
-  return inline ? inline.slice(name.length + 3) : fallback;
-}
+import { flag } from './flags.ts';
 
 const log = (s: string) => console.log(`[clip.bench] ${s}`);
 

@@ -19,13 +19,7 @@ import { latentImageIds, textIds } from '../src/models/flux/pack.ts';
 import { type FluxParams, fluxParameterShapes, fluxParamsFromConfig, mlpHidden } from '../src/models/flux/params.ts';
 import * as T from '../src/tensor/ops.ts';
 import { Tensor } from '../src/tensor/tensor.ts';
-
-function flag(name: string): string | undefined {
-  const i = process.argv.indexOf(`--${name}`);
-  if (i < 0) return undefined;
-  const v = process.argv[i + 1];
-  return v === undefined || v.startsWith('--') ? 'true' : v;
-}
+import { flag } from './flags.ts';
 
 const kind = flag('device') ?? 'webgpu';
 const small = flag('small') === 'true' || (kind === 'cpu' && flag('real') !== 'true');

@@ -10,13 +10,7 @@ import { initRandomWeights } from '../src/models/vae/init.ts';
 import { consume } from '../src/models/vae/nn.ts';
 import * as ops from '../src/tensor/ops.ts';
 import { Tensor } from '../src/tensor/tensor.ts';
-
-function flag(name: string): string | undefined {
-  const i = process.argv.indexOf(`--${name}`);
-  if (i < 0) return undefined;
-  const v = process.argv[i + 1];
-  return v === undefined || v.startsWith('--') ? 'true' : v;
-}
+import { flag } from './flags.ts';
 
 const kind = flag('device') ?? 'webgpu';
 const sides = flag('latents')?.split(',').map(Number) ?? (flag('big') ? [32, 64] : [32]);
