@@ -5,7 +5,10 @@
 // text tokens (a 256x256 image with DanceGRPO's 512 T5 tokens); --small runs a quick 512 / 4 heads
 // config.
 // Run: npx tsx bench/flux.bench.ts [--device webgpu|cpu] [--small] [--hidden D --heads H --img Li --txt Lt]
-//      [--repeat N] [--json] [--backward]
+//      [--repeat N] [--json] [--backward] [--weights f32|bf16] [--compute f32|bf16]
+// --weights bf16 stores the linears' weights and biases in bf16 (as loadFluxTransformer's
+// weights: 'bf16'; the matmuls-alone baseline then reads bf16 weights too); --compute bf16 runs the
+// blocks under bf16 autocast (f32 masters, bf16 compute copies, see src/autograd/autocast.ts).
 // --backward adds forward+backward through a stack of --blocks N (default 4) applications of the
 // single block (full fine-tuning: every weight gets a gradient) with and without gradient
 // checkpointing, and the peak memory of each (activations grow with N only without checkpointing).
@@ -19,7 +22,7 @@ import { latentImageIds, textIds } from '../src/models/flux/pack.ts';
 import { type FluxParams, fluxParameterShapes, fluxParamsFromConfig, mlpHidden } from '../src/models/flux/params.ts';
 import * as T from '../src/tensor/ops.ts';
 import { Tensor } from '../src/tensor/tensor.ts';
-import { flag } from './flags.ts';
+import { choice, flag } from './flags.ts';
 
 const kind = flag('device') ?? 'webgpu';
 const small = flag('small') === 'true' || (kind === 'cpu' && flag('real') !== 'true');
@@ -29,6 +32,8 @@ const li = Number(flag('img') ?? (small ? 64 : 256));
 const lt = Number(flag('txt') ?? (small ? 128 : 512));
 const repeat = Number(flag('repeat') ?? 2);
 const json = flag('json') === 'true';
+const weightDtype = choice('weights', ['f32', 'bf16']);
+const compute = choice('compute', ['f32', 'bf16']);
 const log = (msg: string) => { if (!json) console.log(`[${(performance.now() / 1000).toFixed(1)}s] ${msg}`); };
 const mib = (bytes: number) => `${(bytes / 2 ** 20).toFixed(1)} MiB`;
 
@@ -62,7 +67,8 @@ function blockParams(dev: Device): Map<string, Tensor> {
     if (!name.startsWith('transformer_blocks.0.') && !name.startsWith('single_transformer_blocks.0.')) continue;
     const n = shape.reduce((a, b) => a * b, 1);
     const values = shape.length === 2 ? uniform(n, Math.sqrt(3 / shape[1]!), seed++) : name.endsWith('.bias') ? uniform(n, 0.1, seed++) : new Float32Array(n).fill(1);
-    params.set(name, Tensor.from(dev, values, shape));
+    const linear = shape.length === 2 || name.endsWith('.bias');
+    params.set(name, Tensor.from(dev, values, shape, linear ? weightDtype : 'f32'));
   }
   return params;
 }
@@ -99,15 +105,20 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 
 const dev = await createDevice(kind);
 log(`device: ${dev.name}`);
-log(`config: hidden ${hidden}, ${heads} heads x ${headDim}, mlp ${mlp}, ${li} image + ${lt} text tokens, batch 1, f32`);
+const precision = `${weightDtype} weights, ${compute} compute`;
+log(`config: hidden ${hidden}, ${heads} heads x ${headDim}, mlp ${mlp}, ${li} image + ${lt} text tokens, batch 1, ${precision}`);
 const params = blockParams(dev);
 await dev.sync();
 const weightBytes = dev.memory().liveBytes;
 log(`random weights of one double + one single block: ${mib(weightBytes)}`);
 
 const one = Tensor.full(dev, [1], 1);
-const double = new DoubleStreamBlock(params, 'transformer_blocks.0', heads, { one });
-const single = new SingleStreamBlock(params, 'single_transformer_blocks.0', heads, { one });
+const ctx = { one, compute };
+const double = new DoubleStreamBlock(params, 'transformer_blocks.0', heads, ctx);
+const single = new SingleStreamBlock(params, 'single_transformer_blocks.0', heads, ctx);
+const linears = [double.norm1.linear, double.norm1Context.linear, double.imgQKV, double.txtQKV, double.toOut, double.toAddOut, double.ff, double.ffContext,
+  single.norm.linear, single.qkv, single.projMlp, single.projOut].flatMap((m) => ('q' in m ? [m.q, m.k, m.v] : 'proj' in m ? [m.proj, m.out] : [m]));
+for (const l of linears) l.compute = compute;
 const img = Tensor.from(dev, uniform(li * hidden, 1, 101), [1, li, hidden]);
 const txt = Tensor.from(dev, uniform(lt * hidden, 1, 102), [1, lt, hidden]);
 const joint = Tensor.from(dev, uniform((li + lt) * hidden, 1, 103), [1, li + lt, hidden]);
@@ -140,8 +151,8 @@ for (const kindOfBlock of ['double', 'single'] as const) {
   let matmulMs = 0;
   for (const [r, i, o, c] of work.linears) {
     const x = Tensor.from(dev, uniform(r * i, 1, 7), [1, r, i]);
-    const w = Tensor.from(dev, uniform(o * i, 0.01, 8), [o, i]);
-    const b = Tensor.full(dev, [o], 0.5);
+    const w = Tensor.from(dev, uniform(o * i, 0.01, 8), [o, i], weightDtype);
+    const b = Tensor.full(dev, [o], 0.5, weightDtype);
     await timeIt(dev, () => [T.linear(x, w, b)]); // warm-up
     const ts: number[] = [];
     for (let k = 0; k < repeat; k++) ts.push(await timeIt(dev, () => [T.linear(x, w, b)]));
@@ -159,9 +170,9 @@ for (const kindOfBlock of ['double', 'single'] as const) {
 }
 
 if (json) {
-  console.log(JSON.stringify({ device: dev.name, kind, hidden, heads, headDim, mlp, imageTokens: li, textTokens: lt, weightBytes, rows }, null, 2));
+  console.log(JSON.stringify({ device: dev.name, kind, hidden, heads, headDim, mlp, imageTokens: li, textTokens: lt, weights: weightDtype, compute, weightBytes, rows }, null, 2));
 } else {
-  console.log(`\nFLUX block forward on ${dev.name} (${kind}), f32, batch 1, hidden ${hidden} = ${heads} heads x ${headDim}, ${li} image + ${lt} text tokens`);
+  console.log(`\nFLUX block forward on ${dev.name} (${kind}), ${precision}, batch 1, hidden ${hidden} = ${heads} heads x ${headDim}, ${li} image + ${lt} text tokens`);
   console.log('FLOPs: linear layers 2*rows*in*out + attention 4*H*L^2*Dh (norms, RoPE, elementwise not counted)');
   console.log('block    median ms    GFLOP   GFLOP/s   peak memory   peak above inputs   matmuls alone ms  matmul GFLOP/s  block/matmul');
   for (const r of rows) {
@@ -170,7 +181,9 @@ if (json) {
   console.log(`weights of the two blocks: ${mib(weightBytes)}; peak memory = device.memory().peakBytes during one forward (weights, inputs, activations, output)`);
 }
 if (flag('backward')) {
-  const singleParams = [...params].filter(([k]) => k.startsWith('single_transformer_blocks.0')).map(([, t]) => t);
+  // bf16 weights are a frozen base (LoRA's): only the input gets a gradient then.
+  const singleParams = weightDtype === 'f32' ? [...params].filter(([k]) => k.startsWith('single_transformer_blocks.0')).map(([, t]) => t) : [];
+  if (weightDtype === 'bf16') log('bf16 weights are frozen: backward computes the input gradient only');
   const cot = Tensor.from(dev, uniform((li + lt) * hidden, 1, 105), [1, li + lt, hidden]);
   singleParams.forEach((t) => (t.requiresGrad = true));
   joint.requiresGrad = true;
@@ -203,5 +216,6 @@ if (flag('backward')) {
   }
   cot.dispose();
 }
+for (const l of linears) l.releaseCopies();
 for (const t of [...params.values(), one, img, txt, joint, temb, pe.cos, pe.sin]) t.dispose();
 dev.destroy();

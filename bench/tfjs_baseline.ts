@@ -7,6 +7,7 @@
 // timed the same way, wall clock from issue to done, and tfjs's result is checked before timing.
 import type { View } from '../src/device/device.ts';
 import type { WebGPUDevice } from '../src/device/webgpu/device.ts';
+import { compare } from '../src/device/conformance.ts';
 
 export interface BaselineRow {
   m: number;
@@ -57,14 +58,8 @@ async function tfjsOn(dev: WebGPUDevice) {
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
 
-function relL2(x: ArrayLike<number>, y: ArrayLike<number>): number {
-  let num = 0, den = 0;
-  for (let i = 0; i < y.length; i++) {
-    num += (x[i]! - y[i]!) ** 2;
-    den += y[i]! ** 2;
-  }
-  return Math.sqrt(num / den);
-}
+/** Relative L2 error of got against want (the conformance runner's metric). */
+const relL2 = (got: ArrayLike<number>, want: ArrayLike<number>) => compare(got, want).rel;
 
 /** out [M, N] = a [M, K] @ b [K, N] in f32 on both, for each size, reps timed pairs after warm-up. */
 export async function tfjsMatmulBaseline(dev: WebGPUDevice, sizes: [number, number, number][], reps: number): Promise<BaselineRow[]> {

@@ -9,6 +9,7 @@ import { WebGPUDevice } from '../src/device/webgpu/device.ts';
 import * as A from '../src/autograd/functional.ts';
 import { gradcheck } from '../src/autograd/gradcheck.ts';
 import { Tensor } from '../src/tensor/tensor.ts';
+import { withOverrides } from './kernels/override.ts';
 
 const dev = new CpuDevice();
 
@@ -154,6 +155,39 @@ describe('tape', () => {
     A.backward(y, Tensor.from(dev, [1, 0, -1, 2], [2, 2], 'f64'));
     expect(Array.from(await x.grad!.toFloat64())).toEqual([3, 0, -3, 6]);
     expect(() => A.backward(A.scale(x, 2))).toThrow(/not a scalar/);
+  });
+
+  test('rules skip the gradients no input needs: a frozen weight costs no matmul', async () => {
+    let matmuls = 0;
+    const counting = withOverrides(dev, {
+      matmul: (...args: Parameters<Device['matmul']>) => {
+        matmuls++;
+        dev.matmul(...args);
+      },
+    });
+    const x = Tensor.from(counting, values(12, 1), [3, 4], 'f64');
+    const w = Tensor.from(counting, values(20, 2), [5, 4], 'f64');
+    x.requiresGrad = true;
+    for (const [trainW, want] of [[false, 1], [true, 2]] as const) {
+      w.requiresGrad = trainW;
+      const y = A.linear(x, w);
+      const l = A.sum(A.reshape(y, [-1]), 0);
+      matmuls = 0;
+      A.backward(l);
+      expect(matmuls, `weight trainable: ${trainW}`).toBe(want);
+      expect(w.grad === null).toBe(!trainW);
+    }
+  });
+
+  test('a gradient takes its tensor\'s dtype: a bf16 intermediate rounds what flows through it', async () => {
+    const x = Tensor.from(dev, [1.001, -2.003, 3.007], [3], 'f32');
+    x.requiresGrad = true;
+    const h = A.cast(x, 'bf16');
+    const y = A.cast(h, 'f32');
+    A.backward(y, Tensor.from(dev, [1.0001, 1.004, 3.14159], [3], 'f32'));
+    expect(x.grad!.dtype).toBe('f32');
+    // 1.0001 -> 1, 1.004 -> 1.0078125 (nearest bf16), 3.14159 -> 3.140625
+    expect(Array.from(await x.grad!.toFloat64())).toEqual([1, 1.0078125, 3.140625]);
   });
 });
 

@@ -111,8 +111,16 @@ export function tanh(x: Tensor): Tensor {
   }, [out]);
 }
 
-export function cast(x: Tensor, dtype: Tensor['dtype']): Tensor {
-  return record('cast', [x], T.cast(x, dtype), (g) => [g.to(x.dtype)]);
+/**
+ * x converted to `dtype`. `precomputed`, when given, already holds that conversion (a compute copy
+ * kept between steps): it is viewed instead of converted again, and still passes gradients to x.
+ */
+export function cast(x: Tensor, dtype: Tensor['dtype'], precomputed?: Tensor): Tensor {
+  if (precomputed && (precomputed.dtype !== dtype || precomputed.shape.join() !== x.shape.join())) {
+    throw new Error(`cast: precomputed [${precomputed.shape}]:${precomputed.dtype} is not [${x.shape}] as ${dtype}`);
+  }
+  const out = precomputed ? precomputed.view(precomputed.shape, precomputed.strides) : T.cast(x, dtype);
+  return record('cast', [x], out, (g) => [g.to(x.dtype)]);
 }
 
 // ---- reductions -----------------------------------------------------------------------------------
@@ -138,24 +146,41 @@ function expandBack(g: Tensor, shape: readonly number[], axis: number, keepdim: 
 // ---- matmul ---------------------------------------------------------------------------------------
 
 export function matmul(a: Tensor, b: Tensor): Tensor {
-  return record('matmul', [a, b], T.matmul(a, b), (g, [sa, sb]) => {
-    const bt = sb!.transpose(-1, -2), at = sa!.transpose(-1, -2);
-    const ga = T.matmul(g, bt), gb = T.matmul(at, g);
-    return [using([bt, ga], sumTo(ga, a.shape)), using([at, gb], sumTo(gb, b.shape))];
+  return record('matmul', [a, b], T.matmul(a, b), (g, [sa, sb], [needA, needB]) => {
+    let ga: Tensor | null = null, gb: Tensor | null = null;
+    if (needA) {
+      const bt = sb!.transpose(-1, -2), full = T.matmul(g, bt);
+      ga = using([bt, full], sumTo(full, a.shape));
+    }
+    if (needB) {
+      const at = sa!.transpose(-1, -2), full = T.matmul(at, g);
+      gb = using([at, full], sumTo(full, b.shape));
+    }
+    return [ga, gb];
   }, [a, b]);
 }
 
-/** torch.nn.functional.linear; a fused activation is recorded as its own op so its rule applies. */
+/**
+ * torch.nn.functional.linear; a fused activation is recorded as its own op so its rule applies.
+ * x, w and bias may be bf16 (weights kept as checkpoints ship them, autocast's compute copies):
+ * the product accumulates and is returned in f32.
+ */
 export function linear(x: Tensor, w: Tensor, bias: Tensor | null = null): Tensor {
-  return record('linear', [x, w, bias], T.linear(x, w, bias), (g, [sx, sw]) => {
+  return record('linear', [x, w, bias], T.linear(x, w, bias), (g, [sx, sw], [needX, needW, needB]) => {
     const k = x.shape.at(-1)!, n = w.shape[0]!;
-    const g2 = g.reshape([-1, n]), x2 = sx!.reshape([-1, k]);
-    const gx = T.matmul(g2, sw!); // [R, N] @ [N, K]
-    const g2t = g2.transpose(0, 1);
-    const gw = T.matmul(g2t, x2); // [N, R] @ [R, K]
-    const gb = bias ? T.sum(g2, 0) : null;
-    const gxShaped = gx.reshape(x.shape);
-    return using([g2, x2, gx, g2t], [gxShaped, gw, gb]);
+    const g2 = g.reshape([-1, n]);
+    let gx: Tensor | null = null, gw: Tensor | null = null;
+    if (needX) {
+      const flat = T.matmul(g2, sw!); // [R, N] @ [N, K]
+      gx = using([flat], flat.reshape(x.shape));
+    }
+    // A frozen weight (LoRA's base) costs no [N, K] product.
+    if (needW) {
+      const x2 = sx!.reshape([-1, k]), g2t = g2.transpose(0, 1);
+      gw = using([x2, g2t], T.matmul(g2t, x2)); // [N, R] @ [R, K]
+    }
+    const gb = needB ? T.sum(g2, 0) : null;
+    return using([g2], [gx, gw, gb]);
   }, [x, w]);
 }
 

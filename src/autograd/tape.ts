@@ -3,6 +3,7 @@
 // inputs, the tensors it saved, and its backward rule. backward() walks the nodes in reverse
 // topological order, accumulates leaf gradients into `.grad`, and releases every saved tensor and
 // intermediate gradient as soon as it has been consumed.
+import { accumulatorDtype } from '../tensor/dtype.ts';
 import * as T from '../tensor/ops.ts';
 import { type GradNode, Tensor } from '../tensor/tensor.ts';
 
@@ -31,22 +32,25 @@ export function needsGrad(...inputs: readonly (Tensor | null | undefined)[]): bo
 /**
  * Records `out = op(inputs)` when needed. `saved` tensors are retained (as views) until the node
  * has run or the graph is dropped; the backward rule reads them, never the caller's handles.
+ * The rule gets `needs[i]`: whether input i wants a gradient, so that it can skip costly ones
+ * (a frozen base weight under LoRA); what it returns for other inputs is dropped.
  */
 export function record(
   op: string,
   inputs: readonly (Tensor | null)[],
   out: Tensor,
-  backward: (grad: Tensor, saved: Tensor[]) => (Tensor | null)[],
+  backward: (grad: Tensor, saved: Tensor[], needs: boolean[]) => (Tensor | null)[],
   saved: readonly Tensor[] = [],
 ): Tensor {
   if (!needsGrad(...inputs)) return out;
+  const needs = inputs.map((t) => !!t && (t.requiresGrad || t.gradFn !== null));
   let held: Tensor[] | null = saved.map((t) => t.view(t.shape, t.strides));
   const node: GradNode = {
     op,
     inputs,
     backward: (grad) => {
       if (!held) throw new Error(`${op}: backward ran twice through the same graph (saved tensors were already released)`);
-      return backward(grad, held);
+      return backward(grad, held, needs);
     },
     release: () => {
       held?.forEach((t) => t.dispose());
@@ -83,17 +87,24 @@ function topoOrder(root: Tensor): Tensor[] {
   return order.reverse();
 }
 
-/** Adds g into a leaf's .grad (g is consumed). */
+/** Adds g into a leaf's .grad (g is consumed), which keeps the leaf's dtype. */
 function accumulateLeaf(leaf: Tensor, g: Tensor): void {
+  const toDtype = (t: Tensor, dtype: Tensor['dtype']) => {
+    if (t.dtype === dtype) return t;
+    const c = t.to(dtype);
+    t.dispose();
+    return c;
+  };
   if (!leaf.grad) {
-    leaf.grad = g.dtype === leaf.dtype ? g : g.to(leaf.dtype);
-    if (leaf.grad !== g) g.dispose();
+    leaf.grad = toDtype(g, leaf.dtype);
     return;
   }
-  const sum = T.add(leaf.grad, g);
-  leaf.grad.dispose();
-  g.dispose();
-  leaf.grad = sum;
+  // A 16-bit gradient is summed in f32 and rounded once, as torch's bf16 .grad accumulation.
+  const acc = accumulatorDtype(leaf.grad.dtype, g.dtype);
+  const [prev, next] = [toDtype(leaf.grad, acc), toDtype(g, acc)];
+  leaf.grad = toDtype(T.add(prev, next), leaf.dtype);
+  prev.dispose();
+  next.dispose();
 }
 
 /**
@@ -123,10 +134,17 @@ export function backward(root: Tensor, grad?: Tensor): void {
     node.release();
     g.dispose();
     node.inputs.forEach((input, i) => {
-      const gi = inputGrads[i];
+      let gi = inputGrads[i];
       if (!gi) return;
       if (!input || (!input.gradFn && !input.requiresGrad)) return gi.dispose();
       if (!input.gradFn) return accumulateLeaf(input, gi);
+      // A gradient has its tensor's dtype, as in torch: the gradient of a bf16 compute copy is
+      // rounded to bf16 before it flows on (rules compute in f32 whatever their inputs hold).
+      if (gi.dtype !== input.dtype) {
+        const converted = gi.to(input.dtype);
+        gi.dispose();
+        gi = converted;
+      }
       const prev = grads.get(input);
       if (!prev) grads.set(input, gi);
       else {

@@ -60,7 +60,7 @@ export class AdamW {
     const [beta1, beta2] = this.betas;
     this.params.forEach((p, i) => {
       if (!p.grad) return;
-      if (p.dtype !== 'f32') throw new Error(`AdamW: parameter ${i} [${p.shape}] is ${p.dtype}; AdamW updates f32 parameters`);
+      if (p.dtype !== 'f32') throw new Error(`AdamW: parameter ${i} [${p.shape}] is ${p.dtype}; AdamW updates f32 parameters (train bf16-stored weights through f32 masters: load them as f32 and compute in bf16)`);
       const s = (this.state[i] ??= { step: 0, m: Tensor.full(p.device, p.shape, 0), v: Tensor.full(p.device, p.shape, 0) });
       s.step++;
       const g = p.grad.contiguous();
@@ -70,6 +70,7 @@ export class AdamW {
           lr: this.lr, beta1, beta2, eps: this.eps, weightDecay: this.weightDecay,
           stepSize: this.lr / (1 - beta1 ** s.step), bc2Sqrt: Math.sqrt(1 - beta2 ** s.step),
         });
+        p.markUpdated();
       } finally {
         g.dispose();
       }

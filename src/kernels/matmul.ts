@@ -13,11 +13,14 @@
 //
 // Edges: rows and columns past M and N are clamped on load (their results are never stored) and
 // masked on store; K needs no multiple of anything (a scalar tail, or zero-padded tiles).
+// A, B and bias may be bf16 (weights kept as checkpoints ship them, autocast's compute copies):
+// read through accessors that widen them to f32, so every variant accumulates in f32 alike.
 // Operands larger than one storage binding are split into chunks over batch, M, N and, as a last
 // resort, K (later K chunks accumulate into out; bias and activation run on the last one).
 import type { Activation, MatmulParams, View } from '../device/device.ts';
 import { describeOp } from '../device/device.ts';
 import { type GpuBinding, type GpuContext, isCpuAdapter, Params } from '../device/webgpu/context.ts';
+import { DTYPE_BYTES } from '../tensor/dtype.ts';
 import { type MatmulDims, matmulDims } from './matmul.cpu.ts';
 
 export interface MatmulVariant {
@@ -68,13 +71,20 @@ export function sharedBytes(v: MatmulVariant): number {
   return v.tileK * (v.wgY * v.tm + v.wgX * v.tn) * 4;
 }
 
-/** What a pipeline is specialised on besides the variant: operand layouts and vec4 alignment. */
+/** The element types the kernel reads; it always writes f32. */
+export type MatmulDType = 'f32' | 'bf16';
+
+/** What a pipeline is specialised on besides the variant: operand layouts, vec4 alignment, dtypes. */
 export interface MatmulLayout {
   transA: boolean;
   transB: boolean;
-  /** A, B bound as array<vec4<f32>> (every offset, row and batch stride a multiple of 4). */
+  /** A, B read 4 elements at a time (every offset, row and batch stride a multiple of 4). */
   vecA: boolean;
   vecB: boolean;
+  /** Element types of A, B and bias; f32 when left out (and for bias when there is none). */
+  dtA?: MatmulDType;
+  dtB?: MatmulDType;
+  dtBias?: MatmulDType;
 }
 
 const ACT_CODE: Record<Activation, number> = { none: 0, silu: 1, gelu_tanh: 2, gelu_erf: 3 };
@@ -124,10 +134,36 @@ fn gelu_erf(x: f32) -> f32 {
   return select(0.5 * x * c, x - 0.5 * x * c, z > 0.0);
 }`;
 
+/** How an operand is bound: f32 as itself, bf16 as raw words (4 elements per vec2<u32>, 2 per u32). */
+function arrayType(dt: MatmulDType, vec: boolean): string {
+  if (dt === 'f32') return vec ? 'array<vec4<f32>>' : 'array<f32>';
+  return vec ? 'array<vec2<u32>>' : 'array<u32>';
+}
+
+/**
+ * The accessors of binding `buf`, as f32 whatever its dtype: `${buf}1(i)` reads element i and,
+ * when bound for vec reads, `${buf}4(i)` elements i .. i+3 (i a multiple of 4). A bf16 is the top
+ * half of an f32; element i is the low half of word i / 2 when i is even, the high half when odd.
+ */
+function accessors(buf: string, dt: MatmulDType, vec: boolean): string {
+  if (dt === 'f32') {
+    if (!vec) return `fn ${buf}1(i: u32) -> f32 { return ${buf}[i]; }`;
+    return `fn ${buf}1(i: u32) -> f32 { return ${buf}[i / 4u][i % 4u]; }
+fn ${buf}4(i: u32) -> vec4<f32> { return ${buf}[i / 4u]; }`;
+  }
+  const word = vec ? `${buf}[i / 4u][(i / 2u) % 2u]` : `${buf}[i / 2u]`;
+  const one = `fn ${buf}1(i: u32) -> f32 { return bitcast<f32>((${word} >> ((i & 1u) * 16u)) << 16u); }`;
+  if (!vec) return one;
+  return `${one}
+fn ${buf}4(i: u32) -> vec4<f32> {
+  let w = ${buf}[i / 4u];
+  return bitcast<vec4<f32>>(vec4<u32>(w.x << 16u, w.x & 0xffff0000u, w.y << 16u, w.y & 0xffff0000u));
+}`;
+}
+
 /** Uniform block, bindings, element accessors and the epilogue; shared by every variant. */
 function headerWgsl(l: MatmulLayout): string {
-  const arr = (vec: boolean) => (vec ? 'array<vec4<f32>>' : 'array<f32>');
-  const at = (buf: string, vec: boolean) => (vec ? `${buf}[i / 4u][i % 4u]` : `${buf}[i]`);
+  const { dtA = 'f32', dtB = 'f32', dtBias = 'f32' } = l;
   return /* wgsl */ `
 struct P {
   m: u32, n: u32, k: u32,
@@ -138,20 +174,21 @@ struct P {
   per_thread: u32,                       // outputs per thread, TM * TN
 }
 @group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read> A: ${arr(l.vecA)};
-@group(0) @binding(2) var<storage, read> B: ${arr(l.vecB)};
+@group(0) @binding(1) var<storage, read> A: ${arrayType(dtA, l.vecA)};
+@group(0) @binding(2) var<storage, read> B: ${arrayType(dtB, l.vecB)};
 @group(0) @binding(3) var<storage, read_write> O: array<f32>;
-@group(0) @binding(4) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read> bias: ${arrayType(dtBias, false)};
 
-fn A1(i: u32) -> f32 { return ${at('A', l.vecA)}; }
-fn B1(i: u32) -> f32 { return ${at('B', l.vecB)}; }
+${accessors('A', dtA, l.vecA)}
+${accessors('B', dtB, l.vecB)}
+${accessors('bias', dtBias, false)}
 ${GELU_ERF_WGSL}
 
 // act(acc + earlier K chunks + bias) for output element o of column n.
 fn finish(acc: f32, n: u32, o: u32) -> f32 {
   var x = acc;
   if (p.accumulate != 0u) { x += O[o]; }
-  if (p.has_bias != 0u) { x += bias[p.bias_off + n]; }
+  if (p.has_bias != 0u) { x += bias1(p.bias_off + n); }
   switch p.act {
     case 1u: { return x / (1.0 + exp(-x)); }
     // 0.5 x (1 + tanh(u)) = x sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3): no tanh overflow
@@ -199,10 +236,10 @@ function directReads(o: Operand) {
       : ts.map((t) => `let ${x}i${t} = ${o.base} + min(${outerIdx(o, t)}, ${o.size} - 1u);`);
   /** Loads for k .. k+3 (all < K). */
   const step = o.kMajor
-    ? ts.map((t) => `let ${x}${t} = ${o.vec ? `${o.buf}[(${x}i${t} + k) / 4u]` : vec4Of(J4.map((j) => `${o.buf}1(${x}i${t} + k + ${j}u)`))};`)
+    ? ts.map((t) => `let ${x}${t} = ${o.vec ? `${o.buf}4(${x}i${t} + k)` : vec4Of(J4.map((j) => `${o.buf}1(${x}i${t} + k + ${j}u)`))};`)
     : J4.flatMap((kk) => groups.map((g) => {
       const row = `(k + ${kk}u) * ${o.ld}`;
-      const v = o.vec ? `${o.buf}[(${x}i${g * 4} + ${row}) / 4u]` : vec4Of(J4.map((j) => `${o.buf}1(${x}i${g * 4 + j} + ${row})`));
+      const v = o.vec ? `${o.buf}4(${x}i${g * 4} + ${row})` : vec4Of(J4.map((j) => `${o.buf}1(${x}i${g * 4 + j} + ${row})`));
       return `let ${x}${kk}_${g} = ${v};`;
     }));
   /** Element (t, k + kk) after `step`. */
@@ -238,7 +275,7 @@ function stageTile(o: Operand, v: MatmulVariant, outerBlock: string, tile: strin
       let row = u / ${v.tileK / 4}u;
       let kq = k0 + (u % ${v.tileK / 4}u) * 4u;
       let src = ${o.base} + min(${outerBlock} + row, ${o.size} - 1u) * ${o.ld};
-      let x = ${o.vec ? `${o.buf}[(src + min(kq, (p.k - 1u) & ~3u)) / 4u]` : vec4Of(J4.map((j) => `${o.buf}1(src + min(kq + ${j}u, p.k - 1u))`))};
+      let x = ${o.vec ? `${o.buf}4(src + min(kq, (p.k - 1u) & ~3u))` : vec4Of(J4.map((j) => `${o.buf}1(src + min(kq + ${j}u, p.k - 1u))`))};
       let keep = (vec4<u32>(kq) + vec4<u32>(0u, 1u, 2u, 3u)) < vec4<u32>(p.k);
       let y = select(vec4<f32>(0.0), x, keep);
       for (var j = 0u; j < 4u; j++) { ${tile}[((u % ${v.tileK / 4}u) * 4u + j) * ${outer / 4}u + row / 4u][row % 4u] = y[j]; }
@@ -249,7 +286,7 @@ function stageTile(o: Operand, v: MatmulVariant, outerBlock: string, tile: strin
       let kk = u / ${outer / 4}u;
       let g = (u % ${outer / 4}u) * 4u;
       let src = ${o.base} + min(k0 + kk, p.k - 1u) * ${o.ld};
-      let x = ${o.vec ? `${o.buf}[(src + min(${outerBlock} + g, ${o.size} - 4u)) / 4u]` : vec4Of(J4.map((j) => `${o.buf}1(src + min(${outerBlock} + g + ${j}u, ${o.size} - 1u))`))};
+      let x = ${o.vec ? `${o.buf}4(src + min(${outerBlock} + g, ${o.size} - 4u))` : vec4Of(J4.map((j) => `${o.buf}1(src + min(${outerBlock} + g + ${j}u, ${o.size} - 1u))`))};
       ${tile}[u] = select(vec4<f32>(0.0), x, k0 + kk < p.k);
     }`);
     }
@@ -380,8 +417,9 @@ function span(strides: Partial<Record<Axis, number>>, c: Chunk): [number, number
 
 /** The byte range to bind for elements [lo, hi) of a view: start aligned down to 256, size up to 16. */
 function byteRange(v: View, [lo, hi]: [number, number]): { start: number; size: number } {
-  const start = Math.floor(((v.offset + lo) * 4) / 256) * 256;
-  return { start, size: Math.ceil(((v.offset + hi) * 4 - start) / 16) * 16 };
+  const bytes = DTYPE_BYTES[v.dtype];
+  const start = Math.floor(((v.offset + lo) * bytes) / 256) * 256;
+  return { start, size: Math.ceil(((v.offset + hi) * bytes - start) / 16) * 16 };
 }
 
 /** The axes to split, best first, when an operand does not fit one binding. */
@@ -446,12 +484,17 @@ export interface MatmulLaunchOptions {
   maxBindingBytes?: number;
 }
 
-/** out[b] = act(A[b] @ B[b or 0] + bias); shapes as in Device.matmul. */
+/** The dtype of input `name` as the kernel reads it; throws naming it when it cannot. */
+function inputDType(name: string, v: View): MatmulDType {
+  if (v.dtype !== 'f32' && v.dtype !== 'bf16') throw new Error(`${name} is ${v.dtype}; matmul reads f32 or bf16 only`);
+  return v.dtype;
+}
+
+/** out[b] = act(A[b] @ B[b or 0] + bias); shapes as in Device.matmul; a, b, bias f32 or bf16, out f32. */
 export function gpuMatmul(ctx: GpuContext, a: View, b: View, out: View, p: MatmulParams = {}, opts: MatmulLaunchOptions = {}): void {
   const d = matmulDims(a, b, out, p);
-  for (const [name, view] of [['a', a], ['b', b], ['out', out], ['bias', p.bias]] as const) {
-    if (view && view.dtype !== 'f32') throw new Error(`${name} is ${view.dtype}; matmul supports f32 only`);
-  }
+  const dtA = inputDType('a', a), dtB = inputDType('b', b), dtBias = p.bias ? inputDType('bias', p.bias) : 'f32';
+  if (out.dtype !== 'f32') throw new Error(`out is ${out.dtype}; matmul writes f32 only`);
   if (d.batch * d.m * d.n === 0) return;
   const v = opts.variant ?? chosenVariant(ctx);
   const limit = opts.maxBindingBytes ?? ctx.limits.maxBindingBytes;
@@ -467,7 +510,7 @@ export function gpuMatmul(ctx: GpuContext, a: View, b: View, out: View, p: Matmu
       const sp = span(strides[op], c);
       const { start, size } = byteRange(view, sp);
       const binding = ctx.bindRange(view, start, size);
-      const off = view.offset + sp[0] - start / 4;
+      const off = view.offset + sp[0] - start / DTYPE_BYTES[view.dtype];
       // vec4 reads need the origin and every stride 4-aligned, and the rounded-up range bound.
       const aligned = off % 4 === 0 && binding.size >= size && Object.values(strides[op]).every((s) => s % 4 === 0 || s === 1);
       bound[op] = { binding, off, aligned };
@@ -478,6 +521,7 @@ export function gpuMatmul(ctx: GpuContext, a: View, b: View, out: View, p: Matmu
       transB: !!p.transB,
       vecA: bound.a.aligned && lda % 4 === 0 && (!p.transA || c.ms % 4 === 0),
       vecB: bound.b.aligned && ldb % 4 === 0 && (p.transB || c.ns % 4 === 0),
+      dtA, dtB, dtBias,
     };
     const last = c.k0 + c.ks === d.k;
     const params = new Params()

@@ -191,9 +191,13 @@ export class LoraAdapters {
         if (w.shape[0] !== b.shape[0] || w.shape[1] !== a.shape[1]) throw new Error(`LoRA merge: ${name}.weight is [${w.shape}], adapter is [${b.shape[0]}, ${a.shape[1]}]`);
         const ba = T.matmul(b, a);
         const delta = T.scale(ba, sign * scale);
-        const sum = T.add(w, delta);
+        // A bf16-stored weight is merged in f32 and rounded once when it is written back.
+        const wf = w.dtype === 'f32' ? w : w.to('f32');
+        const sum = T.add(wf, delta);
         w.device.copy(sum, w);
+        w.markUpdated();
         [ba, delta, sum].forEach((t) => t.dispose());
+        if (wf !== w) wf.dispose();
       }
     });
   }

@@ -38,6 +38,15 @@ export function hostArrayFromBytes(dtype: DType, bytes: Uint8Array): HostArray {
   }
 }
 
+/**
+ * The dtype a matmul of these operands writes: f64 if any is f64, else f32. 16-bit operands
+ * (bf16 weights, autocast copies) accumulate in f32 and stay there; rounding the result down is
+ * the caller's choice, as torch's autocast rounds a bf16 matmul's output.
+ */
+export function accumulatorDtype(...dtypes: DType[]): DType {
+  return dtypes.includes('f64') ? 'f64' : 'f32';
+}
+
 const f32 = new Float32Array(1);
 const u32 = new Uint32Array(f32.buffer);
 

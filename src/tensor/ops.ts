@@ -2,7 +2,7 @@
 // output on the inputs' device and issues one device op (plus layout copies when an op needs dense
 // operands). Inputs are never consumed: the caller keeps ownership of what it passed in.
 import type { Activation, BinaryOp, ReduceOp, UnaryOp, UnaryParams } from '../device/device.ts';
-import type { DType } from './dtype.ts';
+import { type DType, accumulatorDtype } from './dtype.ts';
 import { broadcastShapes, normAxis, numel, sameShape } from './shape.ts';
 import { Tensor } from './tensor.ts';
 
@@ -183,7 +183,7 @@ export function matmul(a: Tensor, b: Tensor): Tensor {
   try {
     return withDense([ea, eb], (ad, bd) => {
       const a3 = ad!.reshape([nb, m, k]), b3 = bd!.reshape([bShared ? 1 : nb, k, n]);
-      const out = Tensor.empty(a.device, [...batch, m, n], a.dtype);
+      const out = Tensor.empty(a.device, [...batch, m, n], accumulatorDtype(a.dtype, b.dtype));
       const o3 = out.reshape([nb, m, n]);
       a.device.matmul(a3, b3, o3);
       [a3, b3, o3].forEach((t) => t.dispose());
@@ -205,7 +205,7 @@ export function linear(x: Tensor, w: Tensor, bias: Tensor | null = null, act: Ac
   const rows = numel(x.shape.slice(0, -1));
   return withDense([x, w], (xd, wd) => {
     const x3 = xd!.reshape([1, rows, k]), w3 = wd!.reshape([1, n, k]);
-    const out = Tensor.empty(x.device, [...x.shape.slice(0, -1), n], x.dtype);
+    const out = Tensor.empty(x.device, [...x.shape.slice(0, -1), n], accumulatorDtype(x.dtype, w.dtype));
     const o3 = out.reshape([1, rows, n]);
     x.device.matmul(x3, w3, o3, { transB: true, bias, act });
     [x3, w3, o3].forEach((t) => t.dispose());

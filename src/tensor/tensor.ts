@@ -9,6 +9,8 @@ import { contiguousStrides, isContiguous, normAxis, numel } from './shape.ts';
 
 export class Storage {
   private refs = 1;
+  /** Counts in-place updates of the data (see Tensor.markUpdated). */
+  version = 0;
   constructor(readonly device: Device, readonly buf: DeviceBuffer) {}
   retain(): this {
     if (this.refs <= 0) throw new Error('use of a disposed tensor');
@@ -62,6 +64,14 @@ export class Tensor implements View {
   get rank(): number { return this.shape.length; }
   get numel(): number { return numel(this.shape); }
   get isContiguous(): boolean { return isContiguous(this.shape, this.strides); }
+
+  /** How many times the data has been updated in place (shared by every view of the storage). */
+  get version(): number { return this.storage.version; }
+  /**
+   * Called by whatever overwrites a tensor's data in place (optimizer steps, EMA swaps, LoRA
+   * merges), so that what was derived from the old values (autocast's bf16 compute copies) is redone.
+   */
+  markUpdated(): void { this.storage.version++; }
 
   /** An uninitialised dense tensor. */
   static empty(device: Device, shape: readonly number[], dtype: DType = 'f32'): Tensor {

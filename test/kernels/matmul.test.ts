@@ -1,7 +1,8 @@
 // matmul: every conformance case on WebGPU (the adapter's tuned variant) and on the CPU backend in
-// f32, both against the CPU float64 reference; a layout sweep on every kernel variant; the
-// binding-size splitting under an artificially small binding limit; the errors a caller gets; and
-// the tuner's cache, its dropping of failing variants and the FLUX_GRPO_MATMUL_VARIANT override.
+// f32, both against the CPU float64 reference; a layout sweep on every kernel variant, with f32 and
+// with bf16 operands; the binding-size splitting under an artificially small binding limit; the
+// errors a caller gets; and the tuner's cache, its dropping of failing variants and the
+// FLUX_GRPO_MATMUL_VARIANT override.
 import { withOverrides } from './override.ts';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -13,7 +14,7 @@ import type { Device, MatmulParams, View } from '../../src/device/device.ts';
 import type { GpuContext } from '../../src/device/webgpu/context.ts';
 import { WebGPUDevice } from '../../src/device/webgpu/device.ts';
 import { MATMUL_VARIANTS, type MatmulLaunchOptions, type MatmulVariant, chosenVariant, gpuMatmul, sharedBytes } from '../../src/kernels/matmul.ts';
-import { cases, matmulCase } from '../../src/kernels/matmul.cases.ts';
+import { type MatmulCase, cases, matmulCase } from '../../src/kernels/matmul.cases.ts';
 import { tuneMatmul } from '../../src/kernels/matmul_tuner.ts';
 import { contiguousStrides } from '../../src/tensor/shape.ts';
 
@@ -23,13 +24,15 @@ let tuned: MatmulVariant;
 const results = new Map<string, CaseResult[]>();
 
 /** Each operand's four read paths (contiguous along k or not, vec4 or scalar), K tails, partial tiles. */
-const layoutCases: OpCase[] = [
-  matmulCase({ m: 7, n: 9, k: 13 }),
-  matmulCase({ batch: 2, m: 20, n: 24, k: 36, transB: true, bias: true, act: 'gelu_erf' }),
-  matmulCase({ m: 20, n: 9, k: 13, transA: true, bias: true }),
-  matmulCase({ m: 7, n: 24, k: 36, transA: true, transB: true }),
-  matmulCase({ batch: 2, m: 130, n: 136, k: 40, bBatch: 1, bias: true, act: 'silu' }),
+const layouts: MatmulCase[] = [
+  { m: 7, n: 9, k: 13 },
+  { batch: 2, m: 20, n: 24, k: 36, transB: true, bias: true, act: 'gelu_erf' },
+  { m: 20, n: 9, k: 13, transA: true, bias: true },
+  { m: 7, n: 24, k: 36, transA: true, transB: true },
+  { batch: 2, m: 130, n: 136, k: 40, bBatch: 1, bias: true, act: 'silu' },
 ];
+/** The same with every operand bf16: each variant's read paths through the bf16 accessors. */
+const layoutCases: OpCase[] = [...layouts, ...layouts.map((c): MatmulCase => ({ ...c, dtypes: ['bf16', 'bf16', 'bf16'] }))].map(matmulCase);
 
 /** Cases whose operands all exceed 4 KiB: split over batch, M, N and K (accumulating). */
 const CHUNK_LIMIT = 4096;
@@ -38,6 +41,10 @@ const chunkCases: OpCase[] = [
   matmulCase({ batch: 2, m: 40, n: 36, k: 50, transA: true, transB: true, bias: true, act: 'silu' }),
   matmulCase({ batch: 3, m: 30, n: 60, k: 40, bBatch: 1, transB: true, offsets: [3, 5, 1], bias: true }),
   matmulCase({ m: 70, n: 1100, k: 8, transA: true, bias: true }),
+  // bf16 (2 bytes an element): split over batch, M, N and K, at odd element offsets too.
+  matmulCase({ batch: 2, m: 40, n: 36, k: 50, transA: true, transB: true, bias: true, act: 'silu', dtypes: ['bf16', 'bf16', 'bf16'] }),
+  matmulCase({ batch: 3, m: 30, n: 60, k: 40, bBatch: 1, transB: true, offsets: [3, 5, 1], bias: true, dtypes: ['f32', 'bf16', 'bf16'] }),
+  matmulCase({ batch: 2, m: 40, n: 72, k: 64, offsets: [4, 8], dtypes: ['bf16', 'bf16'] }),
 ];
 
 /** The WebGPU device with its matmul launched with these options (a variant, a binding limit). */
@@ -111,6 +118,14 @@ describe(`operands split into bindings of ${CHUNK_LIMIT} bytes`, () => {
     expect(ctx.count).toBe(1);
   });
 
+  test('sizes bf16 operands at 2 bytes an element', () => {
+    const ctx = counting(webgpu);
+    // a is 4 KiB in bf16 (8 KiB were it counted as f32), b and out 2 KiB: one dispatch.
+    const a = view(webgpu, [1, 32, 64], undefined, 0, 'bf16'), b = view(webgpu, [1, 64, 16], undefined, 0, 'bf16'), out = view(webgpu, [1, 32, 16]);
+    gpuMatmul(ctx, a, b, out, {}, { maxBindingBytes: CHUNK_LIMIT });
+    expect(ctx.count).toBe(1);
+  });
+
   test('names the operand when even one element cannot be bound', () => {
     const a = view(webgpu, [1, 8, 8], undefined, 3), b = view(webgpu, [1, 8, 8]), out = view(webgpu, [1, 8, 8]);
     expect(() => gpuMatmul(webgpu, a, b, out, {}, { maxBindingBytes: 16 })).toThrow(/cannot split (a|b|out)(, (a|b|out))* into bindings of at most 16 bytes/);
@@ -122,7 +137,7 @@ test('grids over the adapter\'s workgroup limit are split into several dispatche
   expect(gridCtx.count).toBeGreaterThan(3);
 });
 
-function view(dev: Device, shape: number[], strides = contiguousStrides(shape), offset = 0, dtype: 'f32' | 'bf16' = 'f32'): View {
+function view(dev: Device, shape: number[], strides = contiguousStrides(shape), offset = 0, dtype: 'f32' | 'bf16' | 'i32' = 'f32'): View {
   const n = shape.reduce((a, b) => a * b, 1) + offset + 64;
   return { buf: dev.alloc(n * 4), dtype, shape, strides, offset };
 }
@@ -154,9 +169,16 @@ describe.each(['webgpu', 'cpu'])('%s rejects', (device) => {
     expect(() => dev().matmul(view(dev(), [1, 3, 4], [12, 1, 3]), view(dev(), [1, 4, 5]), view(dev(), [1, 3, 5]))).toThrow(/a \[1,3,4\] with strides \[12,1,3\] must be contiguous/);
   });
 
-  test('bf16 operands (f32 only for now)', () => {
-    expect(() => dev().matmul(view(dev(), [1, 3, 4], undefined, 0, 'bf16'), view(dev(), [1, 4, 5]), view(dev(), [1, 3, 5]))).toThrow(/not supported/);
+  test('a bf16 output (bf16 operands accumulate into an f32 one)', () => {
+    expect(() => dev().matmul(view(dev(), [1, 3, 4], undefined, 0, 'bf16'), view(dev(), [1, 4, 5]), view(dev(), [1, 3, 5], undefined, 0, 'bf16'))).toThrow(/not supported/);
   });
+});
+
+test('the WebGPU launcher names an operand of a dtype it cannot read or write', () => {
+  const v = (shape: number[], dtype: 'f32' | 'bf16' | 'i32' = 'f32') => view(webgpu, shape, undefined, 0, dtype);
+  expect(() => gpuMatmul(webgpu, v([1, 3, 4]), v([1, 4, 5], 'i32'), v([1, 3, 5]))).toThrow(/b is i32; matmul reads f32 or bf16 only/);
+  expect(() => gpuMatmul(webgpu, v([1, 3, 4]), v([1, 4, 5]), v([1, 3, 5]), { bias: v([5], 'i32') })).toThrow(/bias is i32; matmul reads f32 or bf16 only/);
+  expect(() => gpuMatmul(webgpu, v([1, 3, 4], 'bf16'), v([1, 4, 5]), v([1, 3, 5], 'bf16'))).toThrow(/out is bf16; matmul writes f32 only/);
 });
 
 describe('variant choice', () => {

@@ -15,15 +15,10 @@ import {
 } from '../../src/models/clip/preprocess.ts';
 import * as T from '../../src/tensor/ops.ts';
 import { Tensor } from '../../src/tensor/tensor.ts';
+import { compare } from '../../src/device/conformance.ts';
 
-function relL2(got: ArrayLike<number>, want: ArrayLike<number>): number {
-  let num = 0, den = 0;
-  for (let i = 0; i < want.length; i++) {
-    num += (got[i]! - want[i]!) ** 2;
-    den += want[i]! ** 2;
-  }
-  return Math.sqrt(num / den);
-}
+/** Relative L2 error of got against want (the conformance runner's metric). */
+const relL2 = (got: ArrayLike<number>, want: ArrayLike<number>) => compare(got, want).rel;
 
 function rng(seed: number): () => number {
   let s = seed >>> 0;

@@ -80,6 +80,8 @@ export class CpuDevice implements Device {
     switch (op) {
       case 'fill': case 'copy': return true;
       case 'gather': return dtypes[1] === 'i32' && FLOATS.includes(dtypes[0]!) && dtypes[2] === dtypes[0];
+      // bf16 operands (weights stored as checkpoints ship them, autocast's compute copies) with a float output.
+      case 'matmul': return FLOATS.includes(dtypes.at(-1)!) && dtypes.slice(0, -1).every((d) => FLOATS.includes(d) || d === 'bf16');
       default: return dtypes.every((d) => FLOATS.includes(d));
     }
   }

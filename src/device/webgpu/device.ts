@@ -186,6 +186,8 @@ export class WebGPUDevice implements Device, GpuContext {
       case 'fill': case 'copy': return true;
       case 'gather': return dtypes[1] === 'i32' && dtypes[0] === 'f32' && dtypes[2] === 'f32';
       case 'where': return dtypes.every((d) => d === 'f32');
+      // bf16 operands (weights stored as checkpoints ship them, autocast's compute copies), f32 output.
+      case 'matmul': return dtypes.at(-1) === 'f32' && dtypes.slice(0, -1).every((d) => d === 'f32' || d === 'bf16');
       default: return dtypes.every((d) => d === 'f32');
     }
   }

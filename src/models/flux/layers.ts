@@ -6,6 +6,7 @@
 //
 // Ownership: inputs are never consumed; every intermediate is disposed as soon as it has been used
 // (the autograd tape keeps its own views of what backward needs).
+import { type ComputeDType, ComputeCopy, linearBf16, roundBf16 } from '../../autograd/autocast.ts';
 import * as F from '../../autograd/functional.ts';
 import type { Tensor } from '../../tensor/tensor.ts';
 import { attention } from './math.ts';
@@ -29,9 +30,13 @@ function drop(...temps: Tensor[]): void {
   for (const t of temps) t.dispose();
 }
 
-/** Tensors shared by all blocks of one model: the constant 1 of the `1 + scale` modulation. */
+/**
+ * What all blocks of one model share: the constant 1 of the `1 + scale` modulation, and the
+ * precision attention computes in (set by FluxTransformer.setComputeDtype).
+ */
 export interface BlockContext {
   one: Tensor;
+  compute: ComputeDType;
 }
 
 /** A LoRA adapter on one Linear (see src/models/lora.ts): A [r, in], B [out, r], scale alpha / r. */
@@ -46,18 +51,48 @@ export class Linear {
   readonly bias: Tensor | null;
   /** When set: y = x W^T + b + scale * (x A^T) B^T (peft LoRA, dropout 0). */
   lora: LinearAdapter | null = null;
+  /** 'bf16': autocast numerics through bf16 compute copies of the weights (see autocast.ts). */
+  private copies: { weight: ComputeCopy; bias: ComputeCopy | null } | null = null;
   constructor(params: ParamMap, readonly name: string, bias = true) {
     this.weight = param(params, `${name}.weight`);
     this.bias = bias ? param(params, `${name}.bias`) : null;
   }
+
+  get compute(): ComputeDType {
+    return this.copies ? 'bf16' : 'f32';
+  }
+
+  set compute(dtype: ComputeDType) {
+    if (dtype === this.compute) return;
+    if (dtype === 'bf16') this.copies = { weight: new ComputeCopy(this.weight), bias: this.bias && new ComputeCopy(this.bias) };
+    else this.releaseCopies();
+  }
+
+  /** Frees the bf16 compute copies (they are made again on the next bf16 forward). */
+  releaseCopies(): void {
+    this.copies?.weight.dispose();
+    this.copies?.bias?.dispose();
+    this.copies = null;
+  }
+
   forward(x: Tensor): Tensor {
-    const y = F.linear(x, this.weight, this.bias);
+    const c = this.copies;
+    const y = c ? linearBf16(x, c.weight, c.bias) : F.linear(x, this.weight, this.bias);
     if (!this.lora) return y;
     const { a, b, scale } = this.lora;
-    const h = F.linear(x, a);
-    const d = F.linear(h, b);
+    if (!c) {
+      const h = F.linear(x, a);
+      const d = F.linear(h, b);
+      const ds = F.scale(d, scale);
+      return free(F.add(y, ds), y, h, d, ds);
+    }
+    // peft under autocast: both adapter products, the scaling and the sum are bf16 results.
+    const h = linearBf16(x, a, null);
+    const d = linearBf16(h, b, null);
     const ds = F.scale(d, scale);
-    return free(F.add(y, ds), y, h, d, ds);
+    const dsr = roundBf16(ds);
+    const sum = F.add(y, dsr);
+    return free(roundBf16(sum), y, h, d, ds, dsr, sum);
   }
 }
 
@@ -218,7 +253,7 @@ export class DoubleStreamBlock {
     drop(imgMod.normed, txtMod.normed);
     const q = F.cat([tq, iq], 2), k = F.cat([tk, ik], 2), v = F.cat([tv, iv], 2); // [B, H, L, Dh]
     drop(iq, ik, iv, tq, tk, tv);
-    const attn = attention(q, k, v, pe); // [B, L, D]
+    const attn = attention(q, k, v, pe, this.ctx.compute); // [B, L, D]
     drop(q, k, v);
     const txtAttn = F.slice(attn, 1, 0, lt), imgAttn = F.slice(attn, 1, lt, l);
     attn.dispose();
@@ -255,7 +290,7 @@ export class SingleStreamBlock {
   readonly projMlp: Linear;
   readonly projOut: Linear;
 
-  constructor(params: ParamMap, prefix: string, heads: number, ctx: BlockContext) {
+  constructor(params: ParamMap, prefix: string, heads: number, private readonly ctx: BlockContext) {
     const a = `${prefix}.attn`;
     this.norm = new AdaLayerNormZeroSingle(params, `${prefix}.norm`, ctx);
     this.qkv = new QKV(params, { q: `${a}.to_q`, k: `${a}.to_k`, v: `${a}.to_v`, normQ: `${a}.norm_q`, normK: `${a}.norm_k` }, heads);
@@ -270,7 +305,7 @@ export class SingleStreamBlock {
     const mlp = F.gelu(m, 'tanh'); // [B, L, mlp]
     const [q, k, v] = this.qkv.forward(normed);
     drop(m, normed);
-    const attn = attention(q, k, v, pe); // [B, L, D]
+    const attn = attention(q, k, v, pe, this.ctx.compute); // [B, L, D]
     drop(q, k, v);
     const h = F.cat([attn, mlp], 2); // [B, L, D + mlp]
     drop(attn, mlp);

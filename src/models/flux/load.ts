@@ -10,8 +10,10 @@
 // Every expected tensor is checked before anything is uploaded: missing and unexpected names, shape
 // mismatches and unsupported dtypes are reported together, naming the file.
 //
-// Precision: F32, BF16 (as FLUX checkpoints ship) and F16 tensors are all converted to float32 on
-// load; the model computes in float32 for now.
+// Precision: F32, BF16 (as FLUX checkpoints ship) and F16 tensors load as float32 by default, or
+// with `weights: 'bf16'` keep the linear layers' weights and biases in bf16 (half the memory; the
+// matmuls read bf16 and accumulate in f32). RMSNorm scales stay f32 either way (tiny, and the
+// norm kernels read f32).
 import { existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { Device } from '../../device/device.ts';
@@ -41,6 +43,15 @@ export class FluxCheckpointError extends Error {
 export interface FluxCheckpointOptions {
   /** A diffusers config.json object or its path; overrides the config found beside the weights. */
   config?: FluxConfig | string;
+}
+
+export interface FluxLoadOptions extends FluxCheckpointOptions {
+  /**
+   * Storage of the linear layers' weights and biases: 'f32' (default; what training updates) or
+   * 'bf16' (as checkpoints ship; inference and LoRA on a frozen base). Values already in BF16 are
+   * kept bit for bit; F32 and F16 round to nearest even.
+   */
+  weights?: 'f32' | 'bf16';
 }
 
 /** An opened checkpoint: its config and layout, tensors not read yet. */
@@ -133,13 +144,26 @@ export function forEachFluxTensor(ck: FluxCheckpoint, use: (name: string, t: StT
   }
 }
 
-/** Loads a FLUX transformer onto a device (float32 parameters). */
-export function loadFluxTransformer(dev: Device, path: string, opts: FluxCheckpointOptions = {}): FluxTransformer {
+/** bf16 bits of a F32 / BF16 / F16 tensor (BF16 copied as is). */
+function toBf16(t: StTensor): Uint16Array {
+  if (t.dtype === 'BF16') return new Uint16Array(t.bytes.slice().buffer);
+  return Uint16Array.from(toF32(t), f32ToBf16Bits);
+}
+
+/** Whether a parameter is an RMSNorm scale (every other 1-D FLUX tensor is a linear bias). */
+const isNormScale = (name: string, shape: readonly number[]) => shape.length === 1 && name.endsWith('.weight');
+
+/** Loads a FLUX transformer onto a device (float32 parameters, or bf16 linears: see FluxLoadOptions). */
+export function loadFluxTransformer(dev: Device, path: string, opts: FluxLoadOptions = {}): FluxTransformer {
   const ck = openFluxCheckpoint(path, opts);
   const params = new Map<string, Tensor>();
+  const bf16 = opts.weights === 'bf16';
   try {
     checkFluxCheckpoint(ck);
-    forEachFluxTensor(ck, (name, t) => params.set(name, Tensor.from(dev, toF32(t), t.shape, 'f32')));
+    forEachFluxTensor(ck, (name, t) => {
+      const tensor = bf16 && !isNormScale(name, t.shape) ? Tensor.from(dev, toBf16(t), t.shape, 'bf16') : Tensor.from(dev, toF32(t), t.shape, 'f32');
+      params.set(name, tensor);
+    });
     return new FluxTransformer(dev, ck.params, params);
   } catch (err) {
     for (const t of params.values()) t.dispose();

@@ -7,6 +7,7 @@
 // WebGPU) cannot do that, so the default here is the float32 recipe torch runs on MPS: every step
 // rounded to float32 (Math.fround) as a float32 tensor op would round it. 'f64' reproduces the
 // reference tables; the golden test measures the difference between the two.
+import { type ComputeDType, roundBf16 } from '../../autograd/autocast.ts';
 import * as F from '../../autograd/functional.ts';
 import type { Device } from '../../device/device.ts';
 import { Tensor } from '../../tensor/tensor.ts';
@@ -131,13 +132,19 @@ export function ropeTensors(dev: Device, t: RopeTables): { cos: Tensor; sin: Ten
 
 /**
  * Joint attention with RoPE (BFL math.attention): q, k, v [B, H, L, Dh], pe = cos/sin [L, Dh];
- * returns [B, L, H*Dh].
+ * returns [B, L, H*Dh]. Under bf16 autocast, sdpa sees q, k, v rounded to bf16 and returns bf16.
  */
-export function attention(q: Tensor, k: Tensor, v: Tensor, pe: { cos: Tensor; sin: Tensor }): Tensor {
+export function attention(q: Tensor, k: Tensor, v: Tensor, pe: { cos: Tensor; sin: Tensor }, compute: ComputeDType = 'f32'): Tensor {
   const [b, h, l, dh] = q.shape as [number, number, number, number];
   const qr = F.rope(q, pe.cos, pe.sin);
   const kr = F.rope(k, pe.cos, pe.sin);
-  const o = F.attention(qr, kr, v); // scale 1/sqrt(Dh), not causal: torch sdpa defaults
+  let o: Tensor;
+  if (compute === 'bf16') {
+    const [q16, k16, v16] = [roundBf16(qr), roundBf16(kr), roundBf16(v)];
+    const full = F.attention(q16, k16, v16);
+    o = roundBf16(full);
+    [q16, k16, v16, full].forEach((t) => t.dispose());
+  } else o = F.attention(qr, kr, v); // scale 1/sqrt(Dh), not causal: torch sdpa defaults
   qr.dispose();
   kr.dispose();
   const ot = F.permute(o, [0, 2, 1, 3]); // [B, L, H, Dh]

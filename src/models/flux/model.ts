@@ -7,6 +7,7 @@
 //   img, txt = double_block_i(img, txt, temb, pe)       (num_layers)
 //   x = cat(txt, img); x = single_block_i(x, temb, pe)  (num_single_layers)
 //   out = proj_out(norm_out(x[:, Lt:], temb))           [B, Li, patch^2 * out_channels]
+import type { ComputeDType } from '../../autograd/autocast.ts';
 import * as F from '../../autograd/functional.ts';
 import { checkpoint } from '../../autograd/tape.ts';
 import type { Device } from '../../device/device.ts';
@@ -90,7 +91,7 @@ export class FluxTransformer {
     for (const name of params.keys()) if (!known.has(name)) problems.push(`unexpected ${name}`);
     if (problems.length) throw new Error(`FluxTransformer: parameters do not fit the config:\n  ${problems.join('\n  ')}`);
 
-    this.ctx = { one: Tensor.full(device, [1], 1) };
+    this.ctx = { one: Tensor.full(device, [1], 1), compute: 'f32' };
     this.timeTextEmbed = new TimeTextEmbed(params, 'time_text_embed', p.guidanceEmbed);
     this.contextEmbedder = new Linear(params, 'context_embedder');
     this.xEmbedder = new Linear(params, 'x_embedder');
@@ -135,6 +136,21 @@ export class FluxTransformer {
       this.baseRequiresGrad = null;
     }
     this.lora = lora;
+  }
+
+  /**
+   * 'bf16': compute as torch.autocast(bfloat16) does around f32 master weights: linears and
+   * attention round their operands and results to bf16 (see src/autograd/autocast.ts), through
+   * bf16 compute copies of the weights (2 bytes per parameter, kept until set back to 'f32').
+   * 'f32' (the default): everything in float32.
+   */
+  setComputeDtype(dtype: ComputeDType): void {
+    this.ctx.compute = dtype;
+    for (const lin of this.linears().values()) lin.compute = dtype;
+  }
+
+  get computeDtype(): ComputeDType {
+    return this.ctx.compute;
   }
 
   /** The block's trainable tensors (its parameters and adapters), for checkpoint(). */
@@ -255,6 +271,7 @@ export class FluxTransformer {
 
   /** Frees every parameter and the model's constants. */
   dispose(): void {
+    for (const lin of this.linears().values()) lin.releaseCopies();
     for (const t of this.params.values()) t.dispose();
     this.ctx.one.dispose();
   }
