@@ -13,7 +13,7 @@ import type { Device, View } from '../src/device/device.ts';
 import { createDevice } from '../src/device/registry.ts';
 import { WebGPUDevice } from '../src/device/webgpu/device.ts';
 import { chosenVariant } from '../src/kernels/matmul.ts';
-import { DTYPE_BYTES, type DType } from '../src/tensor/dtype.ts';
+import { DTYPE_BYTES, type DType, fromNumbers } from '../src/tensor/dtype.ts';
 import { contiguousStrides, numel } from '../src/tensor/shape.ts';
 import { type BaselineRow, tfjsMatmulBaseline } from './tfjs_baseline.ts';
 
@@ -50,23 +50,24 @@ export interface KernelResult {
   missing?: string;
 }
 
-function matmulSpec(name: string, batch: number, m: number, n: number, k: number, opts: { transB?: boolean; bias?: boolean; act?: 'gelu_tanh' } = {}): Spec {
+/** `weights`: the dtype of b and bias (bf16 as FLUX checkpoints ship them; f32 accumulation either way). */
+function matmulSpec(name: string, batch: number, m: number, n: number, k: number, opts: { transB?: boolean; bias?: boolean; act?: 'gelu_tanh'; weights?: 'bf16' } = {}): Spec {
   return {
     name,
     op: 'matmul',
-    shape: `[${batch},${m},${k}]x[${batch},${opts.transB ? `${n},${k}]^T` : `${k},${n}]`}${opts.bias ? ' +bias' : ''}${opts.act ? ` ${opts.act}` : ''}`,
+    shape: `[${batch},${m},${k}]x[${batch},${opts.transB ? `${n},${k}]^T` : `${k},${n}]`}${opts.bias ? ' +bias' : ''}${opts.act ? ` ${opts.act}` : ''}${opts.weights ? ` ${opts.weights} b` : ''}`,
     flops: 2 * batch * m * n * k,
     setup: (dev, t) => {
-      const a = t([batch, m, k]), b = t(opts.transB ? [batch, n, k] : [batch, k, n]), out = t([batch, m, n]);
-      const bias = opts.bias ? t([n]) : null;
+      const a = t([batch, m, k]), b = t(opts.transB ? [batch, n, k] : [batch, k, n], opts.weights), out = t([batch, m, n]);
+      const bias = opts.bias ? t([n], opts.weights) : null;
       return () => dev.matmul(a, b, out, { transB: opts.transB, bias, act: opts.act });
     },
   };
 }
 
 function matmulSpecs(tier: Tier): Spec[] {
-  const linear = (m: number, n: number, k: number, act?: 'gelu_tanh') =>
-    matmulSpec(`linear ${m}x${k}->${n}`, 1, m, n, k, { transB: true, bias: true, act });
+  const linear = (m: number, n: number, k: number, act?: 'gelu_tanh', weights?: 'bf16') =>
+    matmulSpec(`linear ${m}x${k}->${n}${weights ? ` ${weights} weights` : ''}`, 1, m, n, k, { transB: true, bias: true, act, weights });
   switch (tier) {
     case 'tiny': return [matmulSpec('matmul 64^3', 1, 64, 64, 64), matmulSpec('matmul 128^3', 1, 128, 128, 128), linear(96, 96, 96)];
     case 'quick': return [
@@ -74,6 +75,7 @@ function matmulSpecs(tier: Tier): Spec[] {
       matmulSpec('matmul 1024^3', 1, 1024, 1024, 1024),
       // FLUX's [256 + 512 tokens, 3072] x [3072, 3072] linear, width scaled down 4x for lavapipe.
       linear(768, 768, 768),
+      linear(768, 768, 768, undefined, 'bf16'),
     ];
     case 'full': return [
       matmulSpec('matmul 256^3', 1, 256, 256, 256),
@@ -83,6 +85,7 @@ function matmulSpecs(tier: Tier): Spec[] {
       linear(768, 768, 768),
       linear(768, 3072, 768, 'gelu_tanh'),
       linear(768, 3072, 3072),
+      linear(768, 3072, 3072, undefined, 'bf16'),
     ];
   }
 }
@@ -168,6 +171,7 @@ async function runSpec(dev: Device, spec: Spec, reps: number, budgetMs: number):
     const count = numel(shape);
     const buf = dev.alloc(count * DTYPE_BYTES[dtype]);
     if (dtype === 'f32') dev.write(buf, 0, hostValues(count, bufs.length + 1));
+    else if (dtype === 'bf16') dev.write(buf, 0, fromNumbers(dtype, hostValues(count, bufs.length + 1)));
     const v: View = { buf, dtype, shape, strides: contiguousStrides(shape), offset: 0 };
     bufs.push(v);
     return v;

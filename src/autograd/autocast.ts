@@ -1,15 +1,19 @@
-// bf16 compute with f32 master weights, as the reference trains (torch.autocast(dtype=bfloat16)
-// around a model whose parameters are float32). What autocast changes, and so what we emulate:
+// bf16 compute with f32 master weights, as the reference trains: DanceGRPO keeps the FSDP
+// parameters in float32 (MixedPrecision(param_dtype=float32)) and runs the transformer under
+// torch.autocast("cuda", torch.bfloat16). What that changes, and so what we emulate:
 //   - linear layers: input, weight and bias are rounded to bf16, the product accumulates in f32
 //     and its result is rounded to bf16;
-//   - attention: q, k, v rounded to bf16, the output rounded to bf16;
+//   - attention (sdpa): q, k, v rounded to bf16, the output rounded to bf16;
+//   - elementwise ops whose operands are all bf16 (activations of linear outputs, gates, the
+//     residual stream): computed in f32 and rounded to bf16 (roundBf16, placed by the model);
+//   - layer_norm, softmax and f32-with-bf16 mixes stay f32, as autocast's fp32 list and type
+//     promotion keep them;
 //   - gradients: the gradient of a bf16 tensor is itself bf16 (the tape rounds it), so the f32
 //     masters receive bf16-rounded gradients, accumulated in f32.
-// Everything else (norms, softmax, modulation, residual adds) runs in f32 here. torch runs
-// elementwise ops on two bf16 operands in bf16, so its residual stream is rounded where ours is
-// not: a bf16 run is close to the reference, not bit-aligned with it. Activations are stored as
-// f32 holding bf16 values (our elementwise and norm kernels read f32); only the weights' compute
-// copies are stored as bf16.
+// Not reproduced: torch's bf16 kernels round inside some ops where ours keep f32 (the broadcast
+// sums of a backward pass, flash attention's bf16 probabilities), so a bf16 run is close to the
+// reference, not bit-aligned with it. Activations are stored as f32 holding bf16 values (our
+// elementwise and norm kernels read f32); only the weights' compute copies are stored as bf16.
 import { Tensor } from '../tensor/tensor.ts';
 import * as F from './functional.ts';
 

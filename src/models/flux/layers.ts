@@ -31,6 +31,16 @@ function drop(...temps: Tensor[]): void {
 }
 
 /**
+ * The result of an elementwise op on bf16 operands under bf16 autocast: torch computes it in f32
+ * and rounds it to bf16 (t is consumed). In f32 mode, t itself. Where diffusers' FLUX meets such ops
+ * under autocast over f32 weights: activations of linear outputs, 1 + scale, gate products and the
+ * residual adds (the residual stream is bf16 from x_embedder on), the temb sums.
+ */
+function autocastResult(ctx: BlockContext, t: Tensor): Tensor {
+  return ctx.compute === 'bf16' ? free(roundBf16(t), t) : t;
+}
+
+/**
  * What all blocks of one model share: the constant 1 of the `1 + scale` modulation, and the
  * precision attention computes in (set by FluxTransformer.setComputeDtype).
  */
@@ -100,27 +110,27 @@ export class Linear {
 export class MLPEmbedder {
   readonly linear1: Linear;
   readonly linear2: Linear;
-  constructor(params: ParamMap, prefix: string) {
+  constructor(params: ParamMap, prefix: string, private readonly ctx: BlockContext) {
     this.linear1 = new Linear(params, `${prefix}.linear_1`);
     this.linear2 = new Linear(params, `${prefix}.linear_2`);
   }
   forward(x: Tensor): Tensor {
     const h = this.linear1.forward(x);
-    const a = F.silu(h);
+    const a = autocastResult(this.ctx, F.silu(h));
     return free(this.linear2.forward(a), h, a);
   }
 }
 
 /** x * (1 + scale) + shift; x [B, L, D], shift/scale [B, 1, D]. */
 export function modulate(x: Tensor, shift: Tensor, scale: Tensor, ctx: BlockContext): Tensor {
-  const s1 = F.add(scale, ctx.one);
+  const s1 = autocastResult(ctx, F.add(scale, ctx.one));
   const xs = F.mul(x, s1);
   return free(F.add(xs, shift), s1, xs);
 }
 
 /** linear(silu(emb)) [B, n*D] cut into n chunks [B, 1, D] (views). */
-function modulationChunks(lin: Linear, emb: Tensor, n: number): Tensor[] {
-  const a = F.silu(emb);
+function modulationChunks(lin: Linear, emb: Tensor, n: number, ctx: BlockContext): Tensor[] {
+  const a = autocastResult(ctx, F.silu(emb));
   const m = lin.forward(a); // [B, n*D]
   const [b, nd] = m.shape as [number, number];
   const m3 = F.reshape(m, [b, n, nd / n]);
@@ -137,7 +147,7 @@ export class AdaLayerNormZero {
     this.linear = new Linear(params, `${prefix}.linear`);
   }
   forward(x: Tensor, temb: Tensor): { normed: Tensor; gateMsa: Tensor; shiftMlp: Tensor; scaleMlp: Tensor; gateMlp: Tensor } {
-    const [shiftMsa, scaleMsa, gateMsa, shiftMlp, scaleMlp, gateMlp] = modulationChunks(this.linear, temb, 6) as [Tensor, Tensor, Tensor, Tensor, Tensor, Tensor];
+    const [shiftMsa, scaleMsa, gateMsa, shiftMlp, scaleMlp, gateMlp] = modulationChunks(this.linear, temb, 6, this.ctx) as [Tensor, Tensor, Tensor, Tensor, Tensor, Tensor];
     const n = F.layerNorm(x, null, null, 1e-6);
     const normed = modulate(n, shiftMsa, scaleMsa, this.ctx);
     drop(n, shiftMsa, scaleMsa);
@@ -152,7 +162,7 @@ export class AdaLayerNormZeroSingle {
     this.linear = new Linear(params, `${prefix}.linear`);
   }
   forward(x: Tensor, temb: Tensor): { normed: Tensor; gate: Tensor } {
-    const [shift, scale, gate] = modulationChunks(this.linear, temb, 3) as [Tensor, Tensor, Tensor];
+    const [shift, scale, gate] = modulationChunks(this.linear, temb, 3, this.ctx) as [Tensor, Tensor, Tensor];
     const n = F.layerNorm(x, null, null, 1e-6);
     const normed = modulate(n, shift, scale, this.ctx);
     return free({ normed, gate }, n, shift, scale);
@@ -166,7 +176,7 @@ export class AdaLayerNormContinuous {
     this.linear = new Linear(params, `${prefix}.linear`);
   }
   forward(x: Tensor, temb: Tensor): Tensor {
-    const [scale, shift] = modulationChunks(this.linear, temb, 2) as [Tensor, Tensor];
+    const [scale, shift] = modulationChunks(this.linear, temb, 2, this.ctx) as [Tensor, Tensor];
     const n = F.layerNorm(x, null, null, 1e-6);
     return free(modulate(n, shift, scale, this.ctx), n, scale, shift);
   }
@@ -176,13 +186,13 @@ export class AdaLayerNormContinuous {
 export class FeedForward {
   readonly proj: Linear;
   readonly out: Linear;
-  constructor(params: ParamMap, prefix: string) {
+  constructor(params: ParamMap, prefix: string, private readonly ctx: BlockContext) {
     this.proj = new Linear(params, `${prefix}.net.0.proj`);
     this.out = new Linear(params, `${prefix}.net.2`);
   }
   forward(x: Tensor): Tensor {
     const h = this.proj.forward(x);
-    const a = F.gelu(h, 'tanh');
+    const a = autocastResult(this.ctx, F.gelu(h, 'tanh'));
     return free(this.out.forward(a), h, a);
   }
 }
@@ -237,8 +247,8 @@ export class DoubleStreamBlock {
     this.txtQKV = new QKV(params, { q: `${a}.add_q_proj`, k: `${a}.add_k_proj`, v: `${a}.add_v_proj`, normQ: `${a}.norm_added_q`, normK: `${a}.norm_added_k` }, heads);
     this.toOut = new Linear(params, `${a}.to_out.0`);
     this.toAddOut = new Linear(params, `${a}.to_add_out`);
-    this.ff = new FeedForward(params, `${prefix}.ff`);
-    this.ffContext = new FeedForward(params, `${prefix}.ff_context`);
+    this.ff = new FeedForward(params, `${prefix}.ff`, ctx);
+    this.ffContext = new FeedForward(params, `${prefix}.ff_context`, ctx);
   }
 
   /** img [B, Li, D], txt [B, Lt, D], temb [B, D] -> new [img, txt]. */
@@ -270,15 +280,15 @@ export class DoubleStreamBlock {
     mod: { gateMsa: Tensor; shiftMlp: Tensor; scaleMlp: Tensor; gateMlp: Tensor }, ff: FeedForward,
   ): Tensor {
     const o = proj.forward(attn);
-    const go = F.mul(mod.gateMsa, o);
-    const h = F.add(x, go);
+    const go = autocastResult(this.ctx, F.mul(mod.gateMsa, o));
+    const h = autocastResult(this.ctx, F.add(x, go));
     drop(o, go, mod.gateMsa);
     const n = F.layerNorm(h, null, null, 1e-6);
     const nm = modulate(n, mod.shiftMlp, mod.scaleMlp, this.ctx);
     drop(n, mod.shiftMlp, mod.scaleMlp);
     const f = ff.forward(nm);
-    const gf = F.mul(mod.gateMlp, f);
-    const out = F.add(h, gf);
+    const gf = autocastResult(this.ctx, F.mul(mod.gateMlp, f));
+    const out = autocastResult(this.ctx, F.add(h, gf));
     return free(out, nm, f, gf, h, mod.gateMlp);
   }
 }
@@ -302,7 +312,7 @@ export class SingleStreamBlock {
   forward(x: Tensor, temb: Tensor, pe: { cos: Tensor; sin: Tensor }): Tensor {
     const { normed, gate } = this.norm.forward(x, temb);
     const m = this.projMlp.forward(normed);
-    const mlp = F.gelu(m, 'tanh'); // [B, L, mlp]
+    const mlp = autocastResult(this.ctx, F.gelu(m, 'tanh')); // [B, L, mlp]
     const [q, k, v] = this.qkv.forward(normed);
     drop(m, normed);
     const attn = attention(q, k, v, pe, this.ctx.compute); // [B, L, D]
@@ -310,8 +320,8 @@ export class SingleStreamBlock {
     const h = F.cat([attn, mlp], 2); // [B, L, D + mlp]
     drop(attn, mlp);
     const o = this.projOut.forward(h);
-    const go = F.mul(gate, o);
-    return free(F.add(x, go), h, o, go, gate);
+    const go = autocastResult(this.ctx, F.mul(gate, o));
+    return free(autocastResult(this.ctx, F.add(x, go)), h, o, go, gate);
   }
 }
 
@@ -320,19 +330,19 @@ export class TimeTextEmbed {
   readonly timestepEmbedder: MLPEmbedder;
   readonly guidanceEmbedder: MLPEmbedder | null;
   readonly textEmbedder: MLPEmbedder;
-  constructor(params: ParamMap, prefix: string, guidance: boolean) {
-    this.timestepEmbedder = new MLPEmbedder(params, `${prefix}.timestep_embedder`);
-    this.guidanceEmbedder = guidance ? new MLPEmbedder(params, `${prefix}.guidance_embedder`) : null;
-    this.textEmbedder = new MLPEmbedder(params, `${prefix}.text_embedder`);
+  constructor(params: ParamMap, prefix: string, guidance: boolean, private readonly ctx: BlockContext) {
+    this.timestepEmbedder = new MLPEmbedder(params, `${prefix}.timestep_embedder`, ctx);
+    this.guidanceEmbedder = guidance ? new MLPEmbedder(params, `${prefix}.guidance_embedder`, ctx) : null;
+    this.textEmbedder = new MLPEmbedder(params, `${prefix}.text_embedder`, ctx);
   }
   /** tProj, gProj: sinusoidal projections [B or 1, 256]; pooled [B, vecInDim] -> [B, D]. */
   forward(tProj: Tensor, gProj: Tensor | null, pooled: Tensor): Tensor {
     let temb = this.timestepEmbedder.forward(tProj);
     if (this.guidanceEmbedder && gProj) {
       const g = this.guidanceEmbedder.forward(gProj);
-      temb = free(F.add(temb, g), temb, g);
+      temb = free(autocastResult(this.ctx, F.add(temb, g)), temb, g);
     }
     const p = this.textEmbedder.forward(pooled);
-    return free(F.add(temb, p), temb, p);
+    return free(autocastResult(this.ctx, F.add(temb, p)), temb, p);
   }
 }

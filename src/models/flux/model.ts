@@ -92,7 +92,7 @@ export class FluxTransformer {
     if (problems.length) throw new Error(`FluxTransformer: parameters do not fit the config:\n  ${problems.join('\n  ')}`);
 
     this.ctx = { one: Tensor.full(device, [1], 1), compute: 'f32' };
-    this.timeTextEmbed = new TimeTextEmbed(params, 'time_text_embed', p.guidanceEmbed);
+    this.timeTextEmbed = new TimeTextEmbed(params, 'time_text_embed', p.guidanceEmbed, this.ctx);
     this.contextEmbedder = new Linear(params, 'context_embedder');
     this.xEmbedder = new Linear(params, 'x_embedder');
     this.transformerBlocks = Array.from({ length: p.depth }, (_, i) => new DoubleStreamBlock(params, `transformer_blocks.${i}`, p.numHeads, this.ctx));
