@@ -189,6 +189,17 @@ describe('tape', () => {
     // 1.0001 -> 1, 1.004 -> 1.0078125 (nearest bf16), 3.14159 -> 3.140625
     expect(Array.from(await x.grad!.toFloat64())).toEqual([1, 1.0078125, 3.140625]);
   });
+
+  test('gradients of a bf16 tensor used twice accumulate (in f32, rounded back to bf16)', async () => {
+    const x = Tensor.from(dev, [1, 2], [2], 'f32');
+    x.requiresGrad = true;
+    const h = A.cast(x, 'bf16');
+    const [a, b] = [A.cast(h, 'f32'), A.cast(h, 'f32')];
+    const y = A.add(a, b);
+    // Each branch's gradient is rounded to bf16 on its way into h (1.002, 1.003 -> 1), then summed.
+    A.backward(y, Tensor.from(dev, [1.002, 1.003], [2], 'f32'));
+    expect(Array.from(await x.grad!.toFloat64())).toEqual([2, 2]);
+  });
 });
 
 describe('gradient checkpointing', () => {

@@ -87,24 +87,30 @@ function topoOrder(root: Tensor): Tensor[] {
   return order.reverse();
 }
 
+/** t in `dtype` (t is consumed). */
+function convert(t: Tensor, dtype: Tensor['dtype']): Tensor {
+  if (t.dtype === dtype) return t;
+  const c = t.to(dtype);
+  t.dispose();
+  return c;
+}
+
+/**
+ * a + b (both consumed) as a gradient of `dtype`: 16-bit gradients are summed in f32 and rounded
+ * once, as torch accumulates a bf16 gradient (and our elementwise kernels add f32).
+ */
+function addGrads(a: Tensor, b: Tensor, dtype: Tensor['dtype']): Tensor {
+  const acc = accumulatorDtype(a.dtype, b.dtype);
+  const [x, y] = [convert(a, acc), convert(b, acc)];
+  const sum = T.add(x, y);
+  x.dispose();
+  y.dispose();
+  return convert(sum, dtype);
+}
+
 /** Adds g into a leaf's .grad (g is consumed), which keeps the leaf's dtype. */
 function accumulateLeaf(leaf: Tensor, g: Tensor): void {
-  const toDtype = (t: Tensor, dtype: Tensor['dtype']) => {
-    if (t.dtype === dtype) return t;
-    const c = t.to(dtype);
-    t.dispose();
-    return c;
-  };
-  if (!leaf.grad) {
-    leaf.grad = toDtype(g, leaf.dtype);
-    return;
-  }
-  // A 16-bit gradient is summed in f32 and rounded once, as torch's bf16 .grad accumulation.
-  const acc = accumulatorDtype(leaf.grad.dtype, g.dtype);
-  const [prev, next] = [toDtype(leaf.grad, acc), toDtype(g, acc)];
-  leaf.grad = toDtype(T.add(prev, next), leaf.dtype);
-  prev.dispose();
-  next.dispose();
+  leaf.grad = leaf.grad ? addGrads(leaf.grad, g, leaf.dtype) : convert(g, leaf.dtype);
 }
 
 /**
@@ -134,24 +140,14 @@ export function backward(root: Tensor, grad?: Tensor): void {
     node.release();
     g.dispose();
     node.inputs.forEach((input, i) => {
-      let gi = inputGrads[i];
+      const gi = inputGrads[i];
       if (!gi) return;
       if (!input || (!input.gradFn && !input.requiresGrad)) return gi.dispose();
       if (!input.gradFn) return accumulateLeaf(input, gi);
       // A gradient has its tensor's dtype, as in torch: the gradient of a bf16 compute copy is
       // rounded to bf16 before it flows on (rules compute in f32 whatever their inputs hold).
-      if (gi.dtype !== input.dtype) {
-        const converted = gi.to(input.dtype);
-        gi.dispose();
-        gi = converted;
-      }
       const prev = grads.get(input);
-      if (!prev) grads.set(input, gi);
-      else {
-        grads.set(input, T.add(prev, gi));
-        prev.dispose();
-        gi.dispose();
-      }
+      grads.set(input, prev ? addGrads(prev, gi, input.dtype) : convert(gi, input.dtype));
     });
   }
   for (const g of grads.values()) g.dispose();
