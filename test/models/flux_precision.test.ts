@@ -1,7 +1,8 @@
 // Precision modes of the FLUX transformer, on the CPU reference and on WebGPU:
 //  - bf16 weight storage (loadFluxTransformer weights: 'bf16'): the linears read bf16 and accumulate
 //    in f32, so the output equals that of the f32 load of the same BF16 checkpoint; half the bytes;
-//    LoRA on a bf16 base gets the adapter gradients of the f32 base;
+//    a BF16 BFL file keeps its bits; LoRA on a bf16 base gets the adapter gradients of the f32 base
+//    and merges into it in f32;
 //  - bf16 autocast with f32 masters (setComputeDtype('bf16')): linearBf16 against a float64 host
 //    model of what torch.autocast computes (rounded operands, rounded result, rounded gradients),
 //    the compute copies' refresh after an optimizer step, the whole model near but not equal to
@@ -17,7 +18,9 @@ import { CpuDevice } from '../../src/device/cpu/device.ts';
 import type { Device } from '../../src/device/device.ts';
 import { WebGPUDevice } from '../../src/device/webgpu/device.ts';
 import { AdamW } from '../../src/grpo/optim.ts';
-import { loadFluxTransformer } from '../../src/models/flux/load.ts';
+import { diffusersToBfl } from '../../src/models/flux/bfl.ts';
+import { fluxStateDict, loadFluxTransformer } from '../../src/models/flux/load.ts';
+import { writeSafetensors } from '../../src/io/safetensors.ts';
 import type { FluxInputs, FluxTransformer } from '../../src/models/flux/model.ts';
 import { latentImageIds, textIds } from '../../src/models/flux/pack.ts';
 import type { FluxParams } from '../../src/models/flux/params.ts';
@@ -104,6 +107,21 @@ describe.each(['cpu', 'webgpu'] as const)('bf16 weight storage (%s)', (kind) => 
     disposeInputs(x);
     f32.dispose();
     b16.dispose();
+  });
+
+  test('a BF16 BFL single file keeps its bits: the same model as the diffusers folder', async () => {
+    const dev = devices[kind];
+    const bflFile = join(tmp, 'flux1-tiny-bf16.safetensors');
+    writeSafetensors(bflFile, diffusersToBfl(fluxStateDict(ckpt.params, ckpt.weights, 'BF16'), ckpt.params));
+    const fromBfl = loadFluxTransformer(dev, bflFile, { config: join(ckpt.dir, 'config.json'), weights: 'bf16' });
+    const fromDiff = loadFluxTransformer(dev, ckpt.dir, { weights: 'bf16' });
+    for (const [name, t] of fromDiff.parameters()) {
+      const other = fromBfl.parameters().get(name)!;
+      expect(other.dtype, name).toBe(t.dtype);
+      expect(await other.toHost(), name).toEqual(await t.toHost());
+    }
+    fromBfl.dispose();
+    fromDiff.dispose();
   });
 
   test('LoRA on a bf16 base: the adapter gradients of the f32 base, no base gradient', async () => {
