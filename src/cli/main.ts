@@ -1,10 +1,11 @@
 // The `flux-grpo` executable: one command per job (train, sample, score, report, align join later).
 import { type Command, parseFlags, usage } from './args.ts';
 import { bench } from './bench.ts';
+import { makeTinyFlux } from './make_tiny_flux.ts';
 import { score } from './score.ts';
 import { verifyDevice } from './verify_device.ts';
 
-const COMMANDS: Command[] = [verifyDevice, bench, score];
+const COMMANDS: Command[] = [verifyDevice, bench, score, makeTinyFlux];
 
 function help(): string {
   return [
