@@ -250,21 +250,52 @@ const LOG2E = 1.4426950408889634;`;
       var sp = vec2<f32>(hsum(sd), hsum(pd));
       ${laneSumWgsl('sp', t)}`;
 
-  if (pass === 'dq') {
-    const kRow = shared ? `jj * ${dv}u + c` : 'kb + j * p.k_l + c';
-    const vRow = shared ? `jj * ${dv}u + c` : 'vb + j * p.v_l + c';
-    const kSrc = shared ? 'k_tile' : 'k', vSrc = shared ? 'v_tile' : 'v';
+  /**
+   * The frame both passes share: row `row` (i or j) of the pass's own operand, of `len` rows, with
+   * `<row>c` the row clamped to the last one and c the lane, walks rows `other` from `from` up to
+   * `to` of two operands of the other side, [name, source, base index of the (batch, head), row
+   * stride] each, staged in `<name>_tile` on a GPU. Per walked row, `<name>r` is where this lane's
+   * part of the row starts and read(name, e) reads its vector e. Rows past `len` walk too (for the
+   * barriers and shuffles) and return before `post`.
+   */
+  const kernel = (f: {
+    row: string; len: string; other: string; from: string; to: string;
+    walk: [string, string, string, string][]; pre: string; body: (read: (name: string, e: number) => string) => string; post: string;
+  }) => {
+    const o = f.other, oo = `${o}${o}`;
+    const src = new Map(f.walk.map(([name, source]) => [name, shared ? `${name}_tile` : source]));
+    const read = (name: string, e: number) => `${src.get(name)}[${name}r${at(e)}]`;
     return /* wgsl */ `${header}
-${shared ? `var<workgroup> k_tile: array<V, ${bc * dv}>;\nvar<workgroup> v_tile: array<V, ${bc * dv}>;` : ''}
+${shared ? f.walk.map(([name]) => `var<workgroup> ${name}_tile: array<V, ${bc * dv}>;`).join('\n') : ''}
 
 @compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
   let b = wid.z;
   let h = wid.y;
-  let i = wid.x * ROWS + lid / ${t}u; // query row; rows past Lq compute row Lq - 1 and store nothing
+  let ${f.row} = wid.x * ROWS + lid / ${t}u; // rows past the last compute the last and store nothing
   let c = lid % ${t}u;                // lane within the row
-  let ic = min(i, p.lq - 1u);
-  let qb = ${start('q')} + ic * p.q_l + c;
+  let ${f.row}c = min(${f.row}, ${f.len} - 1u);
+  ${f.pre}
+  for (var ${o}0 = ${f.from}; ${o}0 < ${f.to}; ${o}0 += ${bc}u) {
+    let n = min(${bc}u, ${f.to} - ${o}0);
+    ${shared ? stageWgsl(dv, wg, `${o}0`, f.walk.map(([name, source, base, stride]) => [`${name}_tile`, source, base, stride])) : ''}
+    for (var ${oo} = 0u; ${oo} < n; ${oo}++) {
+      let ${o} = ${o}0 + ${oo};
+      ${f.walk.map(([name, , base, stride]) => `let ${name}r = ${shared ? `${oo} * ${dv}u + c` : `${base} + ${o} * ${stride} + c`};`).join('\n      ')}
+      ${f.body(read)}
+    }
+    ${shared ? 'workgroupBarrier(); // the tile is overwritten next' : ''}
+  }
+  if (${f.row} >= ${f.len}) { return; }
+  ${f.post}
+}`;
+  };
+
+  if (pass === 'dq') {
+    return kernel({
+      row: 'i', len: 'p.lq', other: 'j', from: '0u', to: 'keys',
+      walk: [['k', 'k', 'kb', 'p.k_l'], ['v', 'v', 'vb', 'p.v_l']],
+      pre: `let qb = ${start('q')} + ic * p.q_l + c;
   let ob = ${start('out')} + ic * p.out_l + c;
   let gb = ${start('dout')} + ic * p.dout_l + c;
   let kb = ${start('k')};
@@ -279,43 +310,22 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, 
   let lse2 = lse[p.s_off + b * p.s_b + h * p.s_h + ic * p.s_l] * LOG2E;
   if (i < p.lq && c == 0u) { dsum[(b * nwg.y + h) * p.lq + i] = di; }
   // Under causal masking no row of this workgroup sees a key past its last row.
-  let keys = select(p.lk, min(p.lk, (wid.x + 1u) * ROWS), p.causal != 0u);
-  for (var j0 = 0u; j0 < keys; j0 += ${bc}u) {
-    let n = min(${bc}u, keys - j0);
-    ${shared ? stageWgsl(dv, wg, 'j0', [['k_tile', 'k', 'kb', 'p.k_l'], ['v_tile', 'v', 'vb', 'p.v_l']]) : ''}
-    for (var jj = 0u; jj < n; jj++) {
-      let j = j0 + jj;
-      let kr = ${kRow};
-      let vr = ${vRow};
-      ${each((e) => `let k${e} = ${kSrc}[kr${at(e)}];`)}
-      ${dots((e) => `q${e}`, (e) => `k${e}`, (e) => `g${e}`, (e) => `${vSrc}[vr${at(e)}]`)}
+  let keys = select(p.lk, min(p.lk, (wid.x + 1u) * ROWS), p.causal != 0u);`,
+      body: (read) => `${each((e) => `let k${e} = ${read('k', e)};`)}
+      ${dots((e) => `q${e}`, (e) => `k${e}`, (e) => `g${e}`, (e) => read('v', e))}
       // Masked keys still take part in the shuffles above, which need all lanes of the subgroup.
       let pj = select(0.0, exp2(sp.x - lse2), p.causal == 0u || j <= i);
       let ds = pj * (sp.y - di);
-      ${each((e) => `dq${e} += ds * k${e};`)}
-    }
-    ${shared ? 'workgroupBarrier(); // the tile is overwritten next' : ''}
-  }
-  if (i >= p.lq) { return; }
-  let db = ${start('dq')} + i * p.dq_l + c;
-  ${each((e) => `dq[db${at(e)}] = dq${e} * p.scale;`, '\n  ')}
-}`;
+      ${each((e) => `dq${e} += ds * k${e};`)}`,
+      post: `let db = ${start('dq')} + i * p.dq_l + c;
+  ${each((e) => `dq[db${at(e)}] = dq${e} * p.scale;`, '\n  ')}`,
+    });
   }
 
-  const qRow = shared ? `ii * ${dv}u + c` : 'qb + i * p.q_l + c';
-  const gRow = shared ? `ii * ${dv}u + c` : 'gb + i * p.dout_l + c';
-  const qSrc = shared ? 'q_tile' : 'q', gSrc = shared ? 'g_tile' : 'dout';
-  return /* wgsl */ `${header}
-${shared ? `var<workgroup> q_tile: array<V, ${bc * dv}>;\nvar<workgroup> g_tile: array<V, ${bc * dv}>;` : ''}
-
-@compute @workgroup_size(${wg})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
-  let b = wid.z;
-  let h = wid.y;
-  let j = wid.x * ROWS + lid / ${t}u; // key row; rows past Lk compute row Lk - 1 and store nothing
-  let c = lid % ${t}u;                // lane within the row
-  let jc = min(j, p.lk - 1u);
-  let kb = ${start('k')} + jc * p.k_l + c;
+  return kernel({
+    row: 'j', len: 'p.lk', other: 'i', from: 'select(0u, wid.x * ROWS, p.causal != 0u)', to: 'p.lq',
+    walk: [['q', 'q', 'qb', 'p.q_l'], ['g', 'dout', 'gb', 'p.dout_l']],
+    pre: `let kb = ${start('k')} + jc * p.k_l + c;
   let vb = ${start('v')} + jc * p.v_l + c;
   let qb = ${start('q')};
   let gb = ${start('dout')};
@@ -325,31 +335,20 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, 
   ${each((e) => `let v${e} = v[vb${at(e)}];`, '\n  ')}
   ${each((e) => `var dk${e} = V();`, '\n  ')}
   ${each((e) => `var dv${e} = V();`, '\n  ')}
-  // Under causal masking no query before this workgroup's first key sees any of its keys.
-  for (var i0 = select(0u, wid.x * ROWS, p.causal != 0u); i0 < p.lq; i0 += ${bc}u) {
-    let n = min(${bc}u, p.lq - i0);
-    ${shared ? stageWgsl(dv, wg, 'i0', [['q_tile', 'q', 'qb', 'p.q_l'], ['g_tile', 'dout', 'gb', 'p.dout_l']]) : ''}
-    for (var ii = 0u; ii < n; ii++) {
-      let i = i0 + ii;
-      let qr = ${qRow};
-      let gr = ${gRow};
-      ${each((e) => `let q${e} = ${qSrc}[qr${at(e)}];`)}
-      ${each((e) => `let g${e} = ${gSrc}[gr${at(e)}];`)}
+  // Under causal masking no query before this workgroup's first key sees any of its keys.`,
+    body: (read) => `${each((e) => `let q${e} = ${read('q', e)};`)}
+      ${each((e) => `let g${e} = ${read('g', e)};`)}
       ${dots((e) => `q${e}`, (e) => `k${e}`, (e) => `g${e}`, (e) => `v${e}`)}
       // Masked pairs still take part in the shuffles above, which need all lanes of the subgroup.
       let pj = select(0.0, exp2(sp.x * p.scale2 - lse[sb + i * p.s_l] * LOG2E), p.causal == 0u || j <= i);
       let ds = pj * (sp.y - dsum[dsb + i]);
       ${each((e) => `dv${e} += pj * g${e};`)}
-      ${each((e) => `dk${e} += ds * q${e};`)}
-    }
-    ${shared ? 'workgroupBarrier(); // the tile is overwritten next' : ''}
-  }
-  if (j >= p.lk) { return; }
-  let kd = ${start('dk')} + j * p.dk_l + c;
+      ${each((e) => `dk${e} += ds * q${e};`)}`,
+    post: `let kd = ${start('dk')} + j * p.dk_l + c;
   let vd = ${start('dv')} + j * p.dv_l + c;
   ${each((e) => `dk[kd${at(e)}] = dk${e} * p.scale;`, '\n  ')}
-  ${each((e) => `${oneBuffer ? 'dk' : 'dv'}[vd${at(e)}] = dv${e};`, '\n  ')}
-}`;
+  ${each((e) => `${oneBuffer ? 'dk' : 'dv'}[vd${at(e)}] = dv${e};`, '\n  ')}`,
+  });
 }
 
 /**

@@ -49,6 +49,30 @@ fn rowSum(v: f32, lid: u32) -> f32 {
 }
 
 /**
+ * A row kernel: rowSum and a `main` in which thread t of the T threads of row `row` runs `body`.
+ * `r` is the row clamped to the last one: threads past the last row redo it so that the barriers
+ * in rowSum see the whole workgroup. The kernel's P must have `rows`.
+ */
+function rowKernelWgsl(t: number, wg: number, body: string): string {
+  return /* wgsl */ `
+const T = ${t}u; // threads per row
+${rowSumWgsl(t, wg)}
+
+@compute @workgroup_size(${wg})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
+  let row = (wid.x + wid.y * nwg.x) * (${wg}u / T) + lid / T;
+  let t = lid % T;
+  let r = min(row, p.rows - 1u);
+  ${body}
+}`;
+}
+
+/** Dispatches a row kernel over `rows` rows, wg / t of them per workgroup. */
+function dispatchRows(ctx: GpuContext, label: string, wgsl: string, params: Params, bindings: GpuBinding[], rows: number, { t, wg }: NormLayout): void {
+  ctx.dispatch(label, ctx.pipeline(wgsl), params.toBuffer(), bindings, gridFor(rows, wg / t, ctx.limits.maxWorkgroupsPerDim));
+}
+
+/**
  * WGSL statements of a row kernel's `main` that compute the statistics of the row starting at
  * x[xb] (threads t = 0 .. T-1 of the row stride over it): `rstd`, and for LayerNorm `shift` and
  * `mean`. Called from uniform control flow (rowSum has barriers).
@@ -83,16 +107,7 @@ struct P { rows: u32, d: u32, x_off: u32, x_row: u32, o_off: u32, o_row: u32, w_
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 ${vectors.map((v, k) => `@group(0) @binding(${3 + k}) var<storage, read> ${v}: array<f32>;`).join('\n')}
-
-const T = ${t}u; // threads per row
-${rowSumWgsl(t, wg)}
-
-@compute @workgroup_size(${wg})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
-  let row = (wid.x + wid.y * nwg.x) * (${wg}u / T) + lid / T;
-  let t = lid % T;
-  // Threads past the last row redo it so that the barriers in rowSum see the whole workgroup.
-  let xb = p.x_off + min(row, p.rows - 1u) * p.x_row;
+${rowKernelWgsl(t, wg, `let xb = p.x_off + r * p.x_row;
   ${rowStatsWgsl(kind)}
   if (row >= p.rows) { return; }
   let ob = p.o_off + row * p.o_row;
@@ -101,8 +116,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, 
     ${hasWeight ? 'y *= w[p.w_off + i * p.w_stride];' : ''}
     ${hasBias ? 'y += b[p.b_off + i * p.b_stride];' : ''}
     out[ob + i] = y;
-  }
-}`;
+  }`)}`;
 }
 
 /** Element stride between consecutive rows of v seen as [R, D]; D must be unit-stride and the leading axes must collapse into one. */
@@ -126,7 +140,7 @@ export function gpuNorm(ctx: GpuContext, kind: NormKind, x: View, weight: View |
   const [rows, d] = normShapes(x, out, { weight, bias });
   const xRow = rowStride(x, 'x'), oRow = rowStride(out, 'out');
   if (rows === 0 || d === 0) return;
-  const { t, wg } = layout ?? normLayout(ctx, d);
+  const chosen = layout ?? normLayout(ctx, d);
   const params = new Params()
     .u32(rows, d, x.offset, xRow, out.offset, oRow)
     .u32(weight?.offset ?? 0, weight?.strides[0] ?? 0, bias?.offset ?? 0, bias?.strides[0] ?? 0)
@@ -134,8 +148,7 @@ export function gpuNorm(ctx: GpuContext, kind: NormKind, x: View, weight: View |
   const bindings: GpuBinding[] = [ctx.bind(x), ctx.bind(out)];
   if (weight) bindings.push(ctx.bind(weight));
   if (bias) bindings.push(ctx.bind(bias));
-  const pipeline = ctx.pipeline(normWgsl(kind, t, wg, !!weight, !!bias));
-  ctx.dispatch(`${kind}Norm [${x.shape}]`, pipeline, params.toBuffer(), bindings, gridFor(rows, wg / t, ctx.limits.maxWorkgroupsPerDim));
+  dispatchRows(ctx, `${kind}Norm [${x.shape}]`, normWgsl(kind, chosen.t, chosen.wg, !!weight, !!bias), params, bindings, rows, chosen);
 }
 
 /** x, out: [R, D] (rows may be strided, D unit-stride); weight, bias: [D] or null. */
@@ -183,17 +196,8 @@ struct P { rows: u32, d: u32, x_off: u32, x_row: u32, g_off: u32, g_row: u32, o_
 @group(0) @binding(3) var<storage, read_write> dx: array<f32>;
 ${hasWeight ? '@group(0) @binding(4) var<storage, read> w: array<f32>;' : ''}
 ${saveStats ? `@group(0) @binding(${hasWeight ? 5 : 4}) var<storage, read_write> stats: array<f32>;` : ''}
-
-const T = ${t}u; // threads per row
-${rowSumWgsl(t, wg)}
-
-@compute @workgroup_size(${wg})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
-  let row = (wid.x + wid.y * nwg.x) * (${wg}u / T) + lid / T;
-  let t = lid % T;
-  // Threads past the last row redo it so that the barriers in rowSum see the whole workgroup.
-  let xb = p.x_off + min(row, p.rows - 1u) * p.x_row;
-  let gb = p.g_off + min(row, p.rows - 1u) * p.g_row;
+${rowKernelWgsl(t, wg, `let xb = p.x_off + r * p.x_row;
+  let gb = p.g_off + r * p.g_row;
   ${rowStatsWgsl(kind)}
   ${kind === 'layer' ? 'var sg = 0.0;' : ''}
   var sgx = 0.0;
@@ -209,8 +213,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, 
   let ob = p.o_off + row * p.o_row;
   for (var i = t; i < p.d; i += T) {
     dx[ob + i] = rstd * (${g}${kind === 'layer' ? ' - mg' : ''} - ${xhat} * mgx);
-  }
-}`;
+  }`)}`;
 }
 
 const COLUMN_WG = 64;
@@ -256,20 +259,11 @@ struct P { rows: u32, n: u32, s_off: u32, o_off: u32, o_stride: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> partials: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
-
-const T = ${t}u; // threads per row
-${rowSumWgsl(t, wg)}
-
-@compute @workgroup_size(${wg})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
-  let row = (wid.x + wid.y * nwg.x) * (${wg}u / T) + lid / T;
-  let t = lid % T;
-  let base = p.s_off + min(row, p.rows - 1u) * p.n;
+${rowKernelWgsl(t, wg, `let base = p.s_off + r * p.n;
   var s = 0.0;
   for (var k = t; k < p.n; k += T) { s += partials[base + k]; }
   let total = rowSum(s, lid);
-  if (row < p.rows && t == 0u) { out[p.o_off + row * p.o_stride] = total; }
-}`;
+  if (row < p.rows && t == 0u) { out[p.o_off + row * p.o_stride] = total; }`)}`;
 }
 
 /** The module's scratch buffer per device, grown on demand (a replaced one lives until its last use). */
@@ -313,11 +307,10 @@ export function gpuNormBackward(
   const scratch = outs.length ? scratchBinding(ctx, statsBytes + outs.length * d * parts * 4) : null;
 
   if (rows > 0) {
-    const { t, wg } = normLayout(ctx, d, cpuLayout);
+    const layout = normLayout(ctx, d, cpuLayout);
     const params = new Params().u32(rows, d, x.offset, xRow, dy.offset, gRow, dx.offset, oRow, weight?.offset ?? 0, weight?.strides[0] ?? 0).f32(eps);
     const bindings = [ctx.bind(x), ctx.bind(dy), ctx.bind(dx), ...(weight ? [ctx.bind(weight)] : []), ...(scratch ? [scratch] : [])];
-    const pipeline = ctx.pipeline(normRowsBackwardWgsl(kind, t, wg, !!weight, !!scratch));
-    ctx.dispatch(label, pipeline, params.toBuffer(), bindings, gridFor(rows, wg / t, ctx.limits.maxWorkgroupsPerDim));
+    dispatchRows(ctx, label, normRowsBackwardWgsl(kind, layout.t, layout.wg, !!weight, !!scratch), params, bindings, rows, layout);
   }
   if (!scratch) return;
 
@@ -327,10 +320,10 @@ export function gpuNormBackward(
   const bindings = [ctx.bind(dy), scratch, ...(dweight ? [ctx.bind(x)] : [])];
   ctx.dispatch(label, pipeline, columns.toBuffer(), bindings, gridFor(cols * parts, COLUMN_WG, ctx.limits.maxWorkgroupsPerDim));
 
-  const { t, wg } = normLayout(ctx, parts, cpuLayout);
+  const layout = normLayout(ctx, parts, cpuLayout);
   outs.forEach(([, out], k) => {
     const params = new Params().u32(d, parts, sOff + k * d * parts, out.offset, out.strides[0]!);
-    ctx.dispatch(label, ctx.pipeline(sumRowsWgsl(t, wg)), params.toBuffer(), [scratch, ctx.bind(out)], gridFor(d, wg / t, ctx.limits.maxWorkgroupsPerDim));
+    dispatchRows(ctx, label, sumRowsWgsl(layout.t, layout.wg), params, [scratch, ctx.bind(out)], d, layout);
   });
 }
 

@@ -6,30 +6,16 @@ import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CpuDevice } from '../../src/device/cpu/device.ts';
-import type { Device } from '../../src/device/device.ts';
-import { WebGPUDevice } from '../../src/device/webgpu/device.ts';
 import { createReward } from '../../src/grpo/rewards.ts';
 import { readPng } from '../../src/io/png.ts';
-import { readSafetensors, stToFloat64, type StFile, stTensor } from '../../src/io/safetensors.ts';
+import { readSafetensors } from '../../src/io/safetensors.ts';
 import { loadClip, openClipParams, openStateDict } from '../../src/models/clip/load.ts';
 import { type ClipModel, similarity } from '../../src/models/clip/model.ts';
 import {
   type ChwImage, hpsPreprocessSteps, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, resizeBicubicAA, stackChw,
 } from '../../src/models/clip/preprocess.ts';
 import { Tensor } from '../../src/tensor/tensor.ts';
-import { GOLDEN_DIR, goldenCases, readJson, relL2 } from './golden.ts';
-
-function maxAbs(got: ArrayLike<number>, want: ArrayLike<number>): number {
-  let m = 0;
-  for (let i = 0; i < want.length; i++) m = Math.max(m, Math.abs(got[i]! - want[i]!));
-  return m;
-}
-
-function tensorOf(st: StFile, name: string): { shape: number[]; data: Float64Array } {
-  const t = stTensor(st, name);
-  return { shape: t.shape, data: stToFloat64(t) };
-}
+import { cpuAndWebGpuDevices, goldenCases, maxAbs, readJson, relL2, requiredGoldenCases, tensorOf } from './golden.ts';
 
 /** Checks shape and relative L2 error, logging the error so runs report what they measured. */
 function expectClose(label: string, got: { shape: readonly number[]; data: ArrayLike<number> }, want: { shape: number[]; data: Float64Array }, tol: number): void {
@@ -56,18 +42,8 @@ const SEQUENCE_FIRST = new Set(['visual.transformer', 'transformer']);
 
 const chw = (im: ChwImage) => ({ shape: [im.channels, im.height, im.width], data: im.data });
 
-const cases = goldenCases('clip_reward');
-
-it('golden clip_reward cases exist', () => {
-  expect(cases, `no clip_reward cases under ${GOLDEN_DIR}`).not.toEqual([]);
-});
-
-const devices: Record<string, Device> = {};
-beforeAll(async () => {
-  devices.cpu = new CpuDevice();
-  devices.webgpu = await WebGPUDevice.create();
-});
-afterAll(() => devices.webgpu?.destroy());
+const cases = requiredGoldenCases('clip_reward');
+const devices = cpuAndWebGpuDevices();
 
 const openClipVocab = goldenCases('tokenizer').map((d) => join(d, 'bpe_simple_vocab_16e6.txt.gz')).find(existsSync);
 

@@ -1,9 +1,13 @@
 // Where the PyTorch golden vectors live and how a test finds its cases. Every test reads shapes,
 // configs, seeds and tolerances from the case's own files, never from constants copied from the
-// visible cases: the same tests run on other cases generated the same way.
+// visible cases: the same tests run on other cases generated the same way. Also the setup and
+// checks the golden tests share (test/safetensors.test.ts reuses the readers' refusal check).
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { expect } from 'vitest';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { CpuDevice } from '../../src/device/cpu/device.ts';
+import type { Device } from '../../src/device/device.ts';
+import { readSafetensors, SafetensorsError, SafetensorsReader, stToFloat64, type StFile, stTensor } from '../../src/io/safetensors.ts';
 
 export const GOLDEN_DIR = resolve(process.env.GOLDEN_DIR ?? join(import.meta.dirname, '../../../shared/golden'));
 
@@ -14,6 +18,37 @@ export function goldenCases(family: string): string[] {
     .filter((name) => name.startsWith(family) && statSync(join(GOLDEN_DIR, name)).isDirectory())
     .sort()
     .map((name) => join(GOLDEN_DIR, name));
+}
+
+/** goldenCases(family), with a test that fails when there are none (a missing GOLDEN_DIR must not pass silently). */
+export function requiredGoldenCases(family: string): string[] {
+  const cases = goldenCases(family);
+  it(`golden ${family} cases exist`, () => {
+    expect(cases, `no ${family} cases under ${GOLDEN_DIR}`).not.toEqual([]);
+  });
+  return cases;
+}
+
+/**
+ * A CPU reference and a WebGPU device under the keys 'cpu' and 'webgpu', created before the calling
+ * file's tests and the WebGPU one destroyed after them. WebGPU is imported here, not at the top,
+ * so that the golden tests that need no device do not load Dawn's native module.
+ */
+export function cpuAndWebGpuDevices(): Record<string, Device> {
+  const devices: Record<string, Device> = {};
+  beforeAll(async () => {
+    const { WebGPUDevice } = await import('../../src/device/webgpu/device.ts');
+    devices.cpu = new CpuDevice();
+    devices.webgpu = await WebGPUDevice.create();
+  });
+  afterAll(() => devices.webgpu?.destroy());
+  return devices;
+}
+
+/** A safetensors tensor's shape and values as float64. */
+export function tensorOf(st: StFile, name: string): { shape: number[]; data: Float64Array } {
+  const t = stTensor(st, name);
+  return { shape: t.shape, data: stToFloat64(t) };
 }
 
 export function readJson<T = any>(path: string): T {
@@ -52,4 +87,31 @@ export function relL2(got: ArrayLike<number>, want: ArrayLike<number>): number {
     den += want[i]! ** 2;
   }
   return den === 0 ? Math.sqrt(num) : Math.sqrt(num / den);
+}
+
+/** The largest |got - want|; lengths must agree. */
+export function maxAbs(got: ArrayLike<number>, want: ArrayLike<number>): number {
+  if (got.length !== want.length) throw new Error(`length ${got.length} vs ${want.length}`);
+  let m = 0;
+  for (let i = 0; i < want.length; i++) m = Math.max(m, Math.abs(got[i]! - want[i]!));
+  return m;
+}
+
+/**
+ * Both safetensors readers, the eager readSafetensors and the lazy SafetensorsReader.open, refuse
+ * `path` with a SafetensorsError whose message starts with the path (and matches `message` when
+ * given: the golden cases' reference errors are worded by another implementation).
+ */
+export function expectBothReadersRefuse(path: string, message?: RegExp): void {
+  for (const open of [readSafetensors, SafetensorsReader.open]) {
+    let error: unknown;
+    try {
+      open(path);
+    } catch (err) {
+      error = err;
+    }
+    expect(error).toBeInstanceOf(SafetensorsError);
+    expect((error as Error).message.startsWith(`${path}: `)).toBe(true);
+    if (message) expect((error as Error).message).toMatch(message);
+  }
 }

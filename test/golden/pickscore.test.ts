@@ -4,43 +4,18 @@
 // WebGPU; then createReward('pickscore') scoring every (prompt, image) pair in one call.
 import { basename, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CpuDevice } from '../../src/device/cpu/device.ts';
-import type { Device } from '../../src/device/device.ts';
-import { WebGPUDevice } from '../../src/device/webgpu/device.ts';
 import { createReward } from '../../src/grpo/rewards.ts';
 import { ClipTokenizer } from '../../src/io/clip_tokenizer.ts';
 import { readPng } from '../../src/io/png.ts';
-import { readSafetensors, stToFloat64, type StFile, stTensor } from '../../src/io/safetensors.ts';
+import { readSafetensors } from '../../src/io/safetensors.ts';
 import { loadHfClip } from '../../src/models/clip/load.ts';
 import type { ClipModel } from '../../src/models/clip/model.ts';
 import { clipImageProcessorConfig, clipImageProcessorSteps, stackChw } from '../../src/models/clip/preprocess.ts';
 import { Tensor } from '../../src/tensor/tensor.ts';
-import { GOLDEN_DIR, goldenCases, readJson, relL2 } from './golden.ts';
+import { cpuAndWebGpuDevices, maxAbs, readJson, relL2, requiredGoldenCases, tensorOf } from './golden.ts';
 
-function maxAbs(got: ArrayLike<number>, want: ArrayLike<number>): number {
-  if (got.length !== want.length) throw new Error(`length ${got.length} vs ${want.length}`);
-  let m = 0;
-  for (let i = 0; i < want.length; i++) m = Math.max(m, Math.abs(got[i]! - want[i]!));
-  return m;
-}
-
-function tensorOf(st: StFile, name: string): { shape: number[]; data: Float64Array } {
-  const t = stTensor(st, name);
-  return { shape: t.shape, data: stToFloat64(t) };
-}
-
-const cases = goldenCases('pickscore_reward');
-
-it('golden pickscore_reward cases exist', () => {
-  expect(cases, `no pickscore_reward cases under ${GOLDEN_DIR}`).not.toEqual([]);
-});
-
-const devices: Record<string, Device> = {};
-beforeAll(async () => {
-  devices.cpu = new CpuDevice();
-  devices.webgpu = await WebGPUDevice.create();
-});
-afterAll(() => devices.webgpu?.destroy());
+const cases = requiredGoldenCases('pickscore_reward');
+const devices = cpuAndWebGpuDevices();
 
 for (const dir of cases) {
   const name = basename(dir);

@@ -1,10 +1,10 @@
 // Attention and rope: every conformance case on WebGPU (with the adapter's attention variant and
 // with the other one) and on the CPU backend in f32, all against the CPU float64 reference; then
 // the errors a caller gets for bad shapes and layouts.
+import { describeConformance } from './conformance.ts';
 import { withOverrides } from './override.ts';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { CpuDevice } from '../../src/device/cpu/device.ts';
-import { type CaseResult, runConformance } from '../../src/device/conformance.ts';
 import type { AttentionParams, Device, View } from '../../src/device/device.ts';
 import { WebGPUDevice } from '../../src/device/webgpu/device.ts';
 import { attentionVariant, gpuAttentionVariant } from '../../src/kernels/attention.ts';
@@ -17,7 +17,6 @@ const cases = allCases.filter((c) => !c.op.endsWith('Backward'));
 
 let webgpu: WebGPUDevice;
 let cpu: CpuDevice;
-const results = new Map<string, CaseResult[]>();
 const attentionCases = cases.filter((c) => c.op === 'attention');
 
 /**
@@ -34,25 +33,15 @@ function otherVariant(dev: WebGPUDevice): Device {
 beforeAll(async () => {
   webgpu = await WebGPUDevice.create();
   cpu = new CpuDevice();
-  results.set('webgpu', await runConformance(webgpu, cpu, cases));
-  results.set('webgpu, other variant', await runConformance(otherVariant(webgpu), cpu, attentionCases));
-  results.set('cpu', await runConformance(cpu, cpu, cases));
 });
 
 afterAll(() => webgpu?.destroy());
 
-describe.each([
-  ['webgpu', cases],
-  ['webgpu, other variant', attentionCases],
-  ['cpu', cases],
-] as const)('%s against the f64 reference', (device, list) => {
-  test.each(list.map((c) => c.name))('%s', (name) => {
-    const r = results.get(device)!.find((x) => x.name === name)!;
-    console.log(`${device} ${name}: rel L2 ${r.errors.map((e) => e.toExponential(2)).join(', ')}, max abs ${r.maxAbsError.toExponential(2)}`);
-    expect(r.note).toBeUndefined();
-    expect(r.pass).toBe(true);
-  });
-});
+describeConformance([
+  ['webgpu', cases, () => webgpu],
+  ['webgpu, other variant', attentionCases, () => otherVariant(webgpu)],
+  ['cpu', cases, () => cpu],
+]);
 
 function view(dev: Device, shape: number[], strides = contiguousStrides(shape)): View {
   return { buf: dev.alloc((shape.reduce((a, b) => a * b, 1) + 64) * 4), dtype: 'f32', shape, strides, offset: 0 };

@@ -4,10 +4,10 @@
 // references themselves against finite differences of their forward references (float64); torch's
 // conventions at the kinks; the exact float32 fused multiply-add of the AdamW reference; AdamW and
 // softmax backward split over bindings; errors naming the op and shapes.
+import { describeConformance } from './conformance.ts';
 import { withOverrides } from './override.ts';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { CpuDevice } from '../../src/device/cpu/device.ts';
-import { type CaseResult, runConformance } from '../../src/device/conformance.ts';
 import type { AdamWParams, Device, UnaryOp, UnaryParams, View } from '../../src/device/device.ts';
 import type { GpuContext } from '../../src/device/webgpu/context.ts';
 import { WebGPUDevice } from '../../src/device/webgpu/device.ts';
@@ -29,7 +29,6 @@ const softmaxCases = cases.filter((c) => c.op === 'softmaxBackward');
 
 let webgpu: WebGPUDevice;
 let cpu: CpuDevice;
-const results = new Map<string, CaseResult[]>();
 
 /** The WebGPU device running softmaxBackward in the other row layout than its adapter picks. */
 function otherLayout(dev: WebGPUDevice): Device {
@@ -42,9 +41,6 @@ function otherLayout(dev: WebGPUDevice): Device {
 beforeAll(async () => {
   webgpu = await WebGPUDevice.create();
   cpu = new CpuDevice();
-  results.set('webgpu', await runConformance(webgpu, cpu, cases));
-  results.set('webgpu, other layout', await runConformance(otherLayout(webgpu), cpu, softmaxCases));
-  results.set('cpu', await runConformance(cpu, cpu, cases));
 });
 
 afterAll(() => webgpu?.destroy());
@@ -55,14 +51,11 @@ test('every unary op has backward cases, case names are unique', () => {
   expect(new Set(cases.map((c) => c.name)).size).toBe(cases.length);
 });
 
-describe.each([['webgpu', cases], ['webgpu, other layout', softmaxCases], ['cpu', cases]] as const)('%s against the f64 reference', (device, list) => {
-  test.each(list.map((c) => c.name))('%s', (name) => {
-    const r = results.get(device)!.find((x) => x.name === name)!;
-    console.log(`${device} ${name}: rel L2 ${r.errors.map((e) => e.toExponential(2)).join(', ')}, max abs ${r.maxAbsError.toExponential(2)}`);
-    expect(r.note).toBeUndefined();
-    expect(r.pass).toBe(true);
-  });
-});
+describeConformance([
+  ['webgpu', cases, () => webgpu],
+  ['webgpu, other layout', softmaxCases, () => otherLayout(webgpu)],
+  ['cpu', cases, () => cpu],
+]);
 
 // ---- helpers ----------------------------------------------------------------------------------------
 

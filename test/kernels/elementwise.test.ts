@@ -3,9 +3,9 @@
 // cannot reach: bit-exact bf16/f16 rounding of tricky and random floats, exhaustive decoding,
 // tanh and friends at large |x|, gather's out-of-range rows, operands split over bindings (for this
 // family and for reduce/softmax, which share the splitting), errors.
+import { describeConformance } from './conformance.ts';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { CpuDevice } from '../../src/device/cpu/device.ts';
-import { type CaseResult, runConformance } from '../../src/device/conformance.ts';
 import type { Device, UnaryOp, View } from '../../src/device/device.ts';
 import type { GpuContext } from '../../src/device/webgpu/context.ts';
 import { WebGPUDevice } from '../../src/device/webgpu/device.ts';
@@ -20,13 +20,10 @@ import { contiguousStrides, numel } from '../../src/tensor/shape.ts';
 
 let webgpu: WebGPUDevice;
 let cpu: CpuDevice;
-const results = new Map<string, CaseResult[]>();
 
 beforeAll(async () => {
   webgpu = await WebGPUDevice.create();
   cpu = new CpuDevice();
-  results.set('webgpu', await runConformance(webgpu, cpu, cases));
-  results.set('cpu', await runConformance(cpu, cpu, cases));
 });
 
 afterAll(() => webgpu?.destroy());
@@ -35,14 +32,10 @@ test('case names are unique', () => {
   expect(new Set(cases.map((c) => c.name)).size).toBe(cases.length);
 });
 
-describe.each(['webgpu', 'cpu'])('%s against the f64 reference', (device) => {
-  test.each(cases.map((c) => c.name))('%s', (name) => {
-    const r = results.get(device)!.find((x) => x.name === name)!;
-    console.log(`${device} ${name}: rel L2 ${r.errors.map((e) => e.toExponential(2)).join(', ')}, max abs ${r.maxAbsError.toExponential(2)}`);
-    expect(r.note).toBeUndefined();
-    expect(r.pass).toBe(true);
-  });
-});
+describeConformance([
+  ['webgpu', cases, () => webgpu],
+  ['cpu', cases, () => cpu],
+]);
 
 // ---- helpers ----------------------------------------------------------------------------------------
 

@@ -1,10 +1,11 @@
 // GroupNorm: every conformance case on WebGPU and on the CPU backend in f32, both against the CPU
 // float64 reference; the split into several bindings that large tensors take; and the errors a
 // caller gets for operands that do not fit together.
+import { describeConformance } from './conformance.ts';
 import { withOverrides } from './override.ts';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { CpuDevice } from '../../src/device/cpu/device.ts';
-import { type CaseResult, compare, runConformance } from '../../src/device/conformance.ts';
+import { compare } from '../../src/device/conformance.ts';
 import type { Device, View } from '../../src/device/device.ts';
 import type { GpuContext } from '../../src/device/webgpu/context.ts';
 import { WebGPUDevice } from '../../src/device/webgpu/device.ts';
@@ -14,7 +15,6 @@ import { contiguousStrides, numel } from '../../src/tensor/shape.ts';
 
 let webgpu: WebGPUDevice;
 let cpu: CpuDevice;
-const results = new Map<string, CaseResult[]>();
 
 /** The WebGPU device with a smaller binding limit, its groupNorm launched against it, dispatches counted. */
 function relaunched(dev: WebGPUDevice, maxBindingBytes: number) {
@@ -28,28 +28,20 @@ function relaunched(dev: WebGPUDevice, maxBindingBytes: number) {
   return { ctx, counter };
 }
 
-// 'split': the path for tensors larger than one binding (64 KiB here: the 8100- and 9001-pixel
-// cases go one or two channels per dispatch).
-const suites = ['webgpu', 'split', 'cpu'] as const;
-
 beforeAll(async () => {
   webgpu = await WebGPUDevice.create();
   cpu = new CpuDevice();
-  results.set('webgpu', await runConformance(webgpu, cpu, cases));
-  results.set('split', await runConformance(relaunched(webgpu, 65536).ctx, cpu, cases));
-  results.set('cpu', await runConformance(cpu, cpu, cases));
 });
 
 afterAll(() => webgpu?.destroy());
 
-describe.each(suites)('%s against the f64 reference', (suite) => {
-  test.each(cases.map((c) => c.name))('%s', (name) => {
-    const r = results.get(suite)!.find((x) => x.name === name)!;
-    console.log(`${suite} ${name}: rel L2 ${r.errors.map((e) => e.toExponential(2)).join(', ')}, max abs ${r.maxAbsError.toExponential(2)}`);
-    expect(r.note).toBeUndefined();
-    expect(r.pass).toBe(true);
-  });
-});
+// 'split': the path for tensors larger than one binding (64 KiB here: the 8100- and 9001-pixel
+// cases go one or two channels per dispatch).
+describeConformance([
+  ['webgpu', cases, () => webgpu],
+  ['split', cases, () => relaunched(webgpu, 65536).ctx],
+  ['cpu', cases, () => cpu],
+]);
 
 function tensor(dev: Device, shape: number[], values?: Float32Array): View {
   const buf = dev.alloc(Math.max(numel(shape), 1) * 4);

@@ -3,6 +3,7 @@
 // with bf16 operands; the binding-size splitting under an artificially small binding limit; the
 // errors a caller gets; and the tuner's cache, its dropping of failing variants and the
 // FLUX_GRPO_MATMUL_VARIANT override.
+import { describeConformance, expectPassed } from './conformance.ts';
 import { withOverrides } from './override.ts';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -79,26 +80,23 @@ beforeAll(async () => {
   webgpu = await WebGPUDevice.create();
   cpu = new CpuDevice();
   tuned = chosenVariant(webgpu);
-  results.set('webgpu', await runConformance(webgpu, cpu, cases));
   for (const v of MATMUL_VARIANTS) results.set(v.name, await runConformance(withMatmul(webgpu, { variant: v }), cpu, layoutCases));
   results.set('chunked', await runConformance(withMatmul(webgpu, { maxBindingBytes: CHUNK_LIMIT }), cpu, chunkCases));
   gridCtx = counting(webgpu, { maxWorkgroupsPerDim: 2 });
   results.set('grid', await runConformance(withMatmul(webgpu, {}, gridCtx), cpu, [gridCase]));
-  results.set('cpu', await runConformance(cpu, cpu, cases));
 });
 
 afterAll(() => webgpu?.destroy());
 
+/** The variant, chunked and grid runs above are checked in tests of their own, not one per suite. */
 function check(key: string, name: string): void {
-  const r = results.get(key)!.find((x) => x.name === name)!;
-  console.log(`${key} ${name}: rel L2 ${r.errors.map((e) => e.toExponential(2)).join(', ')}, max abs ${r.maxAbsError.toExponential(2)}`);
-  expect(r.note).toBeUndefined();
-  expect(r.pass).toBe(true);
+  expectPassed(key, results.get(key)!, name);
 }
 
-describe.each(['webgpu', 'cpu'])('%s against the f64 reference', (device) => {
-  test.each(cases.map((c) => c.name))('%s', (name) => check(device, name));
-});
+describeConformance([
+  ['webgpu', cases, () => webgpu],
+  ['cpu', cases, () => cpu],
+]);
 
 describe('every variant against the f64 reference', () => {
   const pairs = MATMUL_VARIANTS.flatMap((v) => layoutCases.map((c) => [v.name, c.name] as const));

@@ -1,9 +1,9 @@
 // LayerNorm and RMSNorm: every conformance case on WebGPU and on the CPU backend in f32, both
 // against the CPU float64 reference; then the errors a caller gets for bad shapes and layouts.
+import { describeConformance } from './conformance.ts';
 import { withOverrides } from './override.ts';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { CpuDevice } from '../../src/device/cpu/device.ts';
-import { type CaseResult, runConformance } from '../../src/device/conformance.ts';
 import type { Device, View } from '../../src/device/device.ts';
 import { WebGPUDevice } from '../../src/device/webgpu/device.ts';
 import { isCpuAdapter } from '../../src/device/webgpu/context.ts';
@@ -16,7 +16,6 @@ const cases = allCases.filter((c) => !c.op.endsWith('Backward'));
 
 let webgpu: WebGPUDevice;
 let cpu: CpuDevice;
-const results = new Map<string, CaseResult[]>();
 
 /**
  * The WebGPU device with the other norm layout than its adapter picks: lavapipe takes a thread per
@@ -33,21 +32,15 @@ function otherLayout(dev: WebGPUDevice): Device {
 beforeAll(async () => {
   webgpu = await WebGPUDevice.create();
   cpu = new CpuDevice();
-  results.set('webgpu', await runConformance(webgpu, cpu, cases));
-  results.set('webgpu, other layout', await runConformance(otherLayout(webgpu), cpu, cases));
-  results.set('cpu', await runConformance(cpu, cpu, cases));
 });
 
 afterAll(() => webgpu?.destroy());
 
-describe.each(['webgpu', 'webgpu, other layout', 'cpu'])('%s against the f64 reference', (device) => {
-  test.each(cases.map((c) => c.name))('%s', (name) => {
-    const r = results.get(device)!.find((x) => x.name === name)!;
-    console.log(`${device} ${name}: rel L2 ${r.errors.map((e) => e.toExponential(2)).join(', ')}, max abs ${r.maxAbsError.toExponential(2)}`);
-    expect(r.note).toBeUndefined();
-    expect(r.pass).toBe(true);
-  });
-});
+describeConformance([
+  ['webgpu', cases, () => webgpu],
+  ['webgpu, other layout', cases, () => otherLayout(webgpu)],
+  ['cpu', cases, () => cpu],
+]);
 
 function view(dev: Device, shape: number[], strides = contiguousStrides(shape), offset = 0): View {
   const n = shape.reduce((a, b) => a * b, 1) + offset + 64;

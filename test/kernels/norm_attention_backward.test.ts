@@ -3,10 +3,10 @@
 // attentionBackward and ropeBackward on WebGPU (in both row layouts / attention variants: the
 // adapter's and the other one) and on the CPU backend in f32, all against the CPU float64
 // reference; errors naming the op and shapes.
+import { describeConformance } from './conformance.ts';
 import { withOverrides } from './override.ts';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { CpuDevice } from '../../src/device/cpu/device.ts';
-import { type CaseResult, runConformance } from '../../src/device/conformance.ts';
 import type { AttentionParams, Device, View } from '../../src/device/device.ts';
 import { WebGPUDevice } from '../../src/device/webgpu/device.ts';
 import { attentionVariant, gpuAttentionBackwardVariant } from '../../src/kernels/attention.ts';
@@ -146,7 +146,6 @@ const twoLayouts = cases.filter((c) => c.op !== 'ropeBackward');
 
 let webgpu: WebGPUDevice;
 let cpu: CpuDevice;
-const results = new Map<string, CaseResult[]>();
 
 /**
  * The WebGPU device running the layouts its adapter does not pick: on lavapipe the tree reductions
@@ -166,9 +165,6 @@ function otherLayout(dev: WebGPUDevice): Device {
 beforeAll(async () => {
   webgpu = await WebGPUDevice.create();
   cpu = new CpuDevice();
-  results.set('webgpu', await runConformance(webgpu, cpu, cases));
-  results.set('webgpu, other layout', await runConformance(otherLayout(webgpu), cpu, twoLayouts));
-  results.set('cpu', await runConformance(cpu, cpu, cases));
 });
 
 afterAll(() => webgpu?.destroy());
@@ -178,14 +174,11 @@ test('every backward op has cases, case names are unique', () => {
   expect(new Set(cases.map((c) => c.name)).size).toBe(cases.length);
 });
 
-describe.each([['webgpu', cases], ['webgpu, other layout', twoLayouts], ['cpu', cases]] as const)('%s against the f64 reference', (device, list) => {
-  test.each(list.map((c) => c.name))('%s', (name) => {
-    const r = results.get(device)!.find((x) => x.name === name)!;
-    console.log(`${device} ${name}: rel L2 ${r.errors.map((e) => e.toExponential(2)).join(', ')}, max abs ${r.maxAbsError.toExponential(2)}`);
-    expect(r.note).toBeUndefined();
-    expect(r.pass).toBe(true);
-  });
-});
+describeConformance([
+  ['webgpu', cases, () => webgpu],
+  ['webgpu, other layout', twoLayouts, () => otherLayout(webgpu)],
+  ['cpu', cases, () => cpu],
+]);
 
 // ---- errors -----------------------------------------------------------------------------------------
 

@@ -81,6 +81,21 @@ function hfAct(name: unknown): ClipActivation {
   return act;
 }
 
+/** The transformer fields that CLIPVisionConfig and CLIPTextConfig share, with defaults that differ per tower. */
+interface HfTowerDefaults { hidden_size: number; num_hidden_layers: number; num_attention_heads: number; intermediate_size: number }
+
+/** A transformers tower config's transformer fields; both config classes default to quick_gelu and eps 1e-5. */
+function hfTower(cfg: Record<string, any>, defaults: HfTowerDefaults) {
+  return {
+    width: cfg.hidden_size ?? defaults.hidden_size,
+    layers: cfg.num_hidden_layers ?? defaults.num_hidden_layers,
+    heads: cfg.num_attention_heads ?? defaults.num_attention_heads,
+    mlpWidth: cfg.intermediate_size ?? defaults.intermediate_size,
+    act: hfAct(cfg.hidden_act ?? 'quick_gelu'),
+    eps: cfg.layer_norm_eps ?? 1e-5,
+  };
+}
+
 /** A transformers CLIPConfig (config.json of a CLIPModel) as ClipParams, with transformers' defaults. */
 export function hfClipParams(json: Record<string, any>): ClipParams {
   const v = json.vision_config ?? {}, t = json.text_config ?? {};
@@ -91,22 +106,12 @@ export function hfClipParams(json: Record<string, any>): ClipParams {
     vision: {
       imageSize: v.image_size ?? 224,
       patchSize: v.patch_size ?? 32,
-      width: v.hidden_size ?? 768,
-      layers: v.num_hidden_layers ?? 12,
-      heads: v.num_attention_heads ?? 12,
-      mlpWidth: v.intermediate_size ?? 3072,
-      act: hfAct(v.hidden_act ?? 'quick_gelu'),
-      eps: v.layer_norm_eps ?? 1e-5,
+      ...hfTower(v, { hidden_size: 768, num_hidden_layers: 12, num_attention_heads: 12, intermediate_size: 3072 }),
     },
     text: {
       contextLength: t.max_position_embeddings ?? 77,
       vocabSize: t.vocab_size ?? 49408,
-      width: t.hidden_size ?? 512,
-      layers: t.num_hidden_layers ?? 12,
-      heads: t.num_attention_heads ?? 8,
-      mlpWidth: t.intermediate_size ?? 2048,
-      act: hfAct(t.hidden_act ?? 'quick_gelu'),
-      eps: t.layer_norm_eps ?? 1e-5,
+      ...hfTower(t, { hidden_size: 512, num_hidden_layers: 12, num_attention_heads: 8, intermediate_size: 2048 }),
       // transformers' CLIPTextTransformer: the legacy eos_token_id 2 means "argmax of the ids".
       pooling: eos === 2 ? 'argmax' : eos,
     },
