@@ -49,9 +49,11 @@ export class ComputeCopy {
     return F.cast(this.master, 'bf16', this.copy);
   }
 
+  /** Frees the copy; a later get() converts the master again. */
   dispose(): void {
     this.copy?.dispose();
     this.copy = null;
+    this.version = -1;
   }
 }
 

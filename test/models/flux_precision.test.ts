@@ -277,6 +277,12 @@ describe.each(['cpu', 'webgpu'] as const)('bf16 autocast with f32 masters (%s)',
     const y3 = noGrad(() => linearBf16(x, fresh, null));
     expect(y2).toEqual(await y3.toFloat64());
     expect(relL2(y2, y0)).toBeGreaterThan(1e-2);
+    // Disposed, the copy is made again from the master on the next call.
+    copy.dispose();
+    const y4 = noGrad(() => linearBf16(x, copy, null));
+    expect(await y4.toFloat64()).toEqual(y2);
+    expect(conversions).toBe(4); // 2 by `copy` before, 1 by `fresh`, this one
+    y4.dispose();
     for (const t of [w, x, y3]) t.dispose();
     w.grad?.dispose();
     copy.dispose();
