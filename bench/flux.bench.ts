@@ -146,13 +146,15 @@ for (const kindOfBlock of ['double', 'single'] as const) {
     log(`${kindOfBlock} block run ${r + 1}/${repeat}: ${times.at(-1)!.toFixed(1)} ms, peak ${mib(dev.memory().peakBytes)} (${mib(dev.memory().peakBytes - base)} above weights and inputs)`);
   }
 
-  // The same linear layers alone, on inputs of the same sizes.
+  // The same linear layers alone, on inputs of the same sizes and dtypes (under bf16 compute the
+  // blocks' matmuls read bf16 inputs and bf16 weight copies).
   const work = blockWork(kindOfBlock);
+  const matmulW = compute === 'bf16' ? 'bf16' : weightDtype;
   let matmulMs = 0;
   for (const [r, i, o, c] of work.linears) {
-    const x = Tensor.from(dev, uniform(r * i, 1, 7), [1, r, i]);
-    const w = Tensor.from(dev, uniform(o * i, 0.01, 8), [o, i], weightDtype);
-    const b = Tensor.full(dev, [o], 0.5, weightDtype);
+    const x = Tensor.from(dev, uniform(r * i, 1, 7), [1, r, i], compute);
+    const w = Tensor.from(dev, uniform(o * i, 0.01, 8), [o, i], matmulW);
+    const b = Tensor.full(dev, [o], 0.5, matmulW);
     await timeIt(dev, () => [T.linear(x, w, b)]); // warm-up
     const ts: number[] = [];
     for (let k = 0; k < repeat; k++) ts.push(await timeIt(dev, () => [T.linear(x, w, b)]));
