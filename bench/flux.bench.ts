@@ -16,7 +16,7 @@ import * as A from '../src/autograd/functional.ts';
 import { noGrad } from '../src/autograd/functional.ts';
 import type { Device } from '../src/device/device.ts';
 import { createDevice } from '../src/device/registry.ts';
-import { DoubleStreamBlock, SingleStreamBlock } from '../src/models/flux/layers.ts';
+import { DoubleStreamBlock, SingleStreamBlock, findLinears } from '../src/models/flux/layers.ts';
 import { ropeTables, ropeTensors } from '../src/models/flux/math.ts';
 import { latentImageIds, textIds } from '../src/models/flux/pack.ts';
 import { type FluxParams, fluxParameterShapes, fluxParamsFromConfig, mlpHidden } from '../src/models/flux/params.ts';
@@ -116,8 +116,7 @@ const one = Tensor.full(dev, [1], 1);
 const ctx = { one, compute };
 const double = new DoubleStreamBlock(params, 'transformer_blocks.0', heads, ctx);
 const single = new SingleStreamBlock(params, 'single_transformer_blocks.0', heads, ctx);
-const linears = [double.norm1.linear, double.norm1Context.linear, double.imgQKV, double.txtQKV, double.toOut, double.toAddOut, double.ff, double.ffContext,
-  single.norm.linear, single.qkv, single.projMlp, single.projOut].flatMap((m) => ('q' in m ? [m.q, m.k, m.v] : 'proj' in m ? [m.proj, m.out] : [m]));
+const linears = [...findLinears([double, single]).values()];
 for (const l of linears) l.compute = compute;
 const img = Tensor.from(dev, uniform(li * hidden, 1, 101), [1, li, hidden]);
 const txt = Tensor.from(dev, uniform(lt * hidden, 1, 102), [1, lt, hidden]);

@@ -8,7 +8,7 @@
 // (the autograd tape keeps its own views of what backward needs).
 import { type ComputeDType, ComputeCopy, linearBf16, roundBf16 } from '../../autograd/autocast.ts';
 import * as F from '../../autograd/functional.ts';
-import type { Tensor } from '../../tensor/tensor.ts';
+import { Tensor } from '../../tensor/tensor.ts';
 import { attention } from './math.ts';
 
 /** The model's parameters by checkpoint name. */
@@ -104,6 +104,23 @@ export class Linear {
     const sum = F.add(y, dsr);
     return free(roundBf16(sum), y, h, d, ds, dsr, sum);
   }
+}
+
+/** Every Linear reachable from `roots` (modules, arrays of them), by checkpoint name. */
+export function findLinears(roots: unknown[]): Map<string, Linear> {
+  const out = new Map<string, Linear>();
+  const seen = new Set<unknown>();
+  const walk = (o: unknown): void => {
+    if (!o || typeof o !== 'object' || seen.has(o) || o instanceof Tensor) return;
+    seen.add(o);
+    if (o instanceof Linear) {
+      out.set(o.name, o);
+      return;
+    }
+    for (const v of Array.isArray(o) ? o : Object.values(o)) walk(v);
+  };
+  roots.forEach(walk);
+  return out;
 }
 
 /** diffusers TimestepEmbedding / PixArtAlphaTextProjection(act 'silu'): linear_2(silu(linear_1(x))). */

@@ -20,7 +20,7 @@ import type { Device } from '../../device/device.ts';
 import {
   SafetensorsReader, ShardedSafetensors, type StTensor, type TensorSource, stToFloat32, writeSafetensors,
 } from '../../io/safetensors.ts';
-import { f32ToBf16Bits } from '../../tensor/dtype.ts';
+import { fromNumbers } from '../../tensor/dtype.ts';
 import { Tensor } from '../../tensor/tensor.ts';
 import { bflLayout, bflPrefix, fluxParamsFromBflShapes, isBflLayout, splitBflTensor } from './bfl.ts';
 import { FluxTransformer } from './model.ts';
@@ -147,7 +147,7 @@ export function forEachFluxTensor(ck: FluxCheckpoint, use: (name: string, t: StT
 /** bf16 bits of a F32 / BF16 / F16 tensor (BF16 copied as is). */
 function toBf16(t: StTensor): Uint16Array {
   if (t.dtype === 'BF16') return new Uint16Array(t.bytes.slice().buffer);
-  return Uint16Array.from(toF32(t), f32ToBf16Bits);
+  return fromNumbers('bf16', toF32(t)) as Uint16Array;
 }
 
 /** Whether a parameter is an RMSNorm scale (every other 1-D FLUX tensor is a linear bias). */
@@ -187,7 +187,7 @@ export interface WriteFluxOptions {
 /** Host float32 values -> a safetensors tensor of `dtype`. */
 export function stTensorFromF32(values: Float32Array, shape: number[], dtype: WeightDType = 'F32'): StTensor {
   if (dtype === 'F32') return { dtype, shape, bytes: new Uint8Array(values.buffer.slice(values.byteOffset, values.byteOffset + values.byteLength)) };
-  const bits = Uint16Array.from(values, (v) => f32ToBf16Bits(v));
+  const bits = fromNumbers('bf16', values) as Uint16Array;
   return { dtype, shape, bytes: new Uint8Array(bits.buffer) };
 }
 

@@ -13,7 +13,7 @@ import { checkpoint } from '../../autograd/tape.ts';
 import type { Device } from '../../device/device.ts';
 import { Tensor } from '../../tensor/tensor.ts';
 import {
-  AdaLayerNormContinuous, type BlockContext, DoubleStreamBlock, Linear, type LinearAdapter, type ParamMap, SingleStreamBlock, TimeTextEmbed,
+  AdaLayerNormContinuous, type BlockContext, DoubleStreamBlock, Linear, type LinearAdapter, findLinears, type ParamMap, SingleStreamBlock, TimeTextEmbed,
 } from './layers.ts';
 import { type RopePrecision, ropeTables, ropeTensors, timestepProjection } from './math.ts';
 import { type FluxParams, TIME_PROJ_DIM, fluxParameterShapes } from './params.ts';
@@ -103,19 +103,7 @@ export class FluxTransformer {
 
   /** Every Linear module of the model, by its checkpoint name. */
   linears(): Map<string, Linear> {
-    const out = new Map<string, Linear>();
-    const seen = new Set<unknown>();
-    const walk = (o: unknown): void => {
-      if (!o || typeof o !== 'object' || seen.has(o) || o instanceof Tensor) return;
-      seen.add(o);
-      if (o instanceof Linear) {
-        out.set(o.name, o);
-        return;
-      }
-      for (const v of Array.isArray(o) ? o : Object.values(o)) walk(v);
-    };
-    for (const m of [this.timeTextEmbed, this.contextEmbedder, this.xEmbedder, this.transformerBlocks, this.singleTransformerBlocks, this.normOut, this.projOut]) walk(m);
-    return out;
+    return findLinears([this.timeTextEmbed, this.contextEmbedder, this.xEmbedder, this.transformerBlocks, this.singleTransformerBlocks, this.normOut, this.projOut]);
   }
 
   /**
