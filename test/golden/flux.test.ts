@@ -21,7 +21,7 @@ import { fluxParamsFromConfig } from '../../src/models/flux/params.ts';
 import { randomFluxWeights } from '../../src/models/flux/tiny.ts';
 import { Tensor } from '../../src/tensor/tensor.ts';
 import { disposeFluxInputs, fluxCaseInputs, uploadF32 } from './flux_inputs.ts';
-import { goldenCases, readJson, relL2 } from './golden.ts';
+import { goldenCases, maxAbs, readJson, relL2 } from './golden.ts';
 
 interface FluxCase {
   seed?: number;
@@ -29,11 +29,6 @@ interface FluxCase {
   tolerances: { float32_outputs: number; float32_intermediates: number; float32_grads: number };
 }
 
-function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let m = 0;
-  for (let i = 0; i < b.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
-  return m;
-}
 
 function tensors(path: string): Map<string, StTensor> {
   return existsSync(path) ? readSafetensors(path).tensors : new Map();
@@ -59,12 +54,12 @@ for (const dir of goldenCases('flux_transformer')) {
       const all = [...txtIds, ...imgIds];
       const f64 = ropeTables(all, params.axesDim, params.theta, 'f64');
       const f32 = ropeTables(all, params.axesDim, params.theta, 'f32');
-      const cosErr = maxAbsDiff(f32.cos, refCos), sinErr = maxAbsDiff(f32.sin, refSin);
+      const cosErr = maxAbs(f32.cos, refCos), sinErr = maxAbs(f32.sin, refSin);
       console.log(`${name} RoPE float32 vs float64 reference: cos max|d| ${cosErr.toExponential(2)} relL2 ${relL2(f32.cos, refCos).toExponential(2)}, ` +
         `sin max|d| ${sinErr.toExponential(2)} relL2 ${relL2(f32.sin, refSin).toExponential(2)}; our float64 recipe max|d| ` +
-        `${Math.max(maxAbsDiff(f64.cos, refCos), maxAbsDiff(f64.sin, refSin)).toExponential(2)}`);
-      expect(maxAbsDiff(f64.cos, refCos)).toBeLessThanOrEqual(1.2e-7);
-      expect(maxAbsDiff(f64.sin, refSin)).toBeLessThanOrEqual(1.2e-7);
+        `${Math.max(maxAbs(f64.cos, refCos), maxAbs(f64.sin, refSin)).toExponential(2)}`);
+      expect(maxAbs(f64.cos, refCos)).toBeLessThanOrEqual(1.2e-7);
+      expect(maxAbs(f64.sin, refSin)).toBeLessThanOrEqual(1.2e-7);
       // float32 angles: |d| <= ulp(pos * freq) / 2 + table rounding, positions here are small.
       const maxPos = all.reduce((m, v) => Math.max(m, Math.abs(v)), 1);
       expect(Math.max(cosErr, sinErr)).toBeLessThanOrEqual(maxPos * 2 ** -23 + 1.2e-7);
@@ -93,11 +88,11 @@ for (const dir of goldenCases('flux_transformer')) {
       const gen = new Generator(c.seed!);
       const weights = randomFluxWeights(params, gen);
       const file = readSafetensors(join(dir, 'diffusion_pytorch_model.safetensors')).tensors;
-      for (const [k, v] of weights) expect(maxAbsDiff(v, stToFloat32(file.get(k)!)), k).toBe(0);
+      for (const [k, v] of weights) expect(maxAbs(v, stToFloat32(file.get(k)!)), k).toBe(0);
       // The draws continue with the inputs, in the order case.json states.
       for (const key of ['noise_latents', 'encoder_hidden_states', 'pooled_projections', 'cotangent']) {
         if (!String(c.rng).includes(key)) break;
-        expect(maxAbsDiff(randn(gen, input(key).shape) as Float32Array, stToFloat32(input(key))), key).toBe(0);
+        expect(maxAbs(randn(gen, input(key).shape) as Float32Array, stToFloat32(input(key))), key).toBe(0);
       }
     });
 
@@ -107,7 +102,7 @@ for (const dir of goldenCases('flux_transformer')) {
       const noise = uploadF32(dev, input('noise_latents'));
       const packed = packLatents(noise);
       expect(packed.shape).toEqual(input('hidden_states').shape);
-      expect(maxAbsDiff(await packed.toFloat64(), stToFloat64(input('hidden_states')))).toBe(0);
+      expect(maxAbs(await packed.toFloat64(), stToFloat64(input('hidden_states')))).toBe(0);
       const [, , h, w] = noise.shape as number[];
       expect(Array.from(latentImageIds(h! / 2, w! / 2))).toEqual(Array.from(imgIds));
       noise.dispose();
@@ -163,7 +158,7 @@ for (const dir of goldenCases('flux_transformer')) {
       const x = modelInputs(dev);
       const [a, b] = noGrad(() => [model.forward(x), bfl.forward(x)]);
       const [va, vb] = [await a!.toFloat64(), await b!.toFloat64()];
-      expect(maxAbsDiff(vb, va)).toBe(0);
+      expect(maxAbs(vb, va)).toBe(0);
       expect(relL2(vb, stToFloat64(expected('sample')))).toBeLessThanOrEqual(tol.float32_outputs);
       [a!, b!].forEach((t) => t.dispose());
       disposeFluxInputs(x);

@@ -20,6 +20,7 @@ import { type FluxParams, fluxParameterShapes, fluxParamsFromConfig } from '../.
 import { randomFluxTransformer, randomFluxWeights, tinyFluxConfig, writeTinyFluxCheckpoint } from '../../src/models/flux/tiny.ts';
 import { bf16BitsToF32, f32ToBf16Bits } from '../../src/tensor/dtype.ts';
 import { Tensor } from '../../src/tensor/tensor.ts';
+import { maxAbs } from '../golden/golden.ts';
 
 const dev = new CpuDevice();
 const tmp = mkdtempSync(join(tmpdir(), 'flux-test-'));
@@ -52,12 +53,6 @@ async function run(model: FluxTransformer, x: FluxInputs): Promise<Float64Array>
   return v;
 }
 
-function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  expect(a.length).toBe(b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
-  return m;
-}
 
 const tinyParams = fluxParamsFromConfig(tinyFluxConfig());
 
@@ -84,7 +79,7 @@ describe('flux tiny checkpoint', () => {
     const loaded = loadFluxTransformer(dev, dir);
     const direct = randomFluxTransformer(dev, params, new Generator(11));
     const x = randomInputs(params, 1, 4, 4, 8);
-    expect(maxAbsDiff(await run(loaded, x), await run(direct, x))).toBe(0);
+    expect(maxAbs(await run(loaded, x), await run(direct, x))).toBe(0);
     disposeInputs(x);
     loaded.dispose();
     direct.dispose();
@@ -101,13 +96,13 @@ describe('flux tiny checkpoint', () => {
     const host = await fluxWeightsToHost(loaded);
     for (const [name, v] of weights) {
       const rounded = Float32Array.from(v, (x) => bf16BitsToF32(f32ToBf16Bits(x)));
-      expect(maxAbsDiff(host.get(name)!, rounded), name).toBe(0);
+      expect(maxAbs(host.get(name)!, rounded), name).toBe(0);
     }
     // Round trip through saveFluxTransformer (float32) reloads identically.
     await saveFluxTransformer(loaded, join(tmp, 'tiny-resaved'));
     const again = loadFluxTransformer(dev, join(tmp, 'tiny-resaved'));
     const x = randomInputs(params, 1, 2, 4, 3);
-    expect(maxAbsDiff(await run(again, x), await run(loaded, x))).toBe(0);
+    expect(maxAbs(await run(again, x), await run(loaded, x))).toBe(0);
     disposeInputs(x);
     loaded.dispose();
     again.dispose();
@@ -118,8 +113,8 @@ describe('flux tiny checkpoint', () => {
     const b = randomFluxWeights(tinyParams, new Generator(5));
     const c = randomFluxWeights(tinyParams, new Generator(6));
     const w = 'transformer_blocks.0.attn.to_q.weight';
-    expect(maxAbsDiff(a.get(w)!, b.get(w)!)).toBe(0);
-    expect(maxAbsDiff(a.get(w)!, c.get(w)!)).toBeGreaterThan(0);
+    expect(maxAbs(a.get(w)!, b.get(w)!)).toBe(0);
+    expect(maxAbs(a.get(w)!, c.get(w)!)).toBeGreaterThan(0);
   });
 });
 
@@ -154,7 +149,7 @@ describe('flux BFL layout', () => {
     const fromBfl = loadFluxTransformer(dev, bflFile, { config: join(dir, 'diffusers', 'config.json') });
     const fromDiff = loadFluxTransformer(dev, join(dir, 'diffusers'));
     const x = randomInputs(params, 2, 2, 2, 5);
-    expect(maxAbsDiff(await run(fromBfl, x), await run(fromDiff, x))).toBe(0);
+    expect(maxAbs(await run(fromBfl, x), await run(fromDiff, x))).toBe(0);
     disposeInputs(x);
     fromBfl.dispose();
     fromDiff.dispose();
@@ -243,7 +238,7 @@ describe('flux forward', () => {
       };
       const xi: FluxInputs = { ...x, hiddenStates: pick(x.hiddenStates), encoderHiddenStates: pick(x.encoderHiddenStates), pooledProjections: pick(x.pooledProjections), timestep: [x.timestep[i]!] };
       const one = await run(model, xi);
-      expect(maxAbsDiff(one, both.subarray(i * n, (i + 1) * n))).toBeLessThan(1e-6);
+      expect(maxAbs(one, both.subarray(i * n, (i + 1) * n))).toBeLessThan(1e-6);
       disposeInputs(xi);
     }
     disposeInputs(x);
@@ -288,7 +283,7 @@ describe('flux RoPE and timestep tables', () => {
   test('float32 RoPE against float64 at FLUX.1 size (720x720: 45x45 tokens + 512 text, axes 16/56/56)', () => {
     const ids = new Float32Array([...textIds(512), ...latentImageIds(45, 45)]);
     const a = ropeTables(ids, [16, 56, 56], 10000, 'f32'), b = ropeTables(ids, [16, 56, 56], 10000, 'f64');
-    const d = Math.max(maxAbsDiff(a.cos, b.cos), maxAbsDiff(a.sin, b.sin));
+    const d = Math.max(maxAbs(a.cos, b.cos), maxAbs(a.sin, b.sin));
     console.log(`RoPE float32 vs float64 tables at 45x45 tokens: max |d| ${d.toExponential(2)}`);
     expect(d).toBeLessThan(45 * 2 ** -23 * 2); // about ulp(max angle), angles up to 44 rad
     const big = ropeTables(new Float32Array([0, 127, 127]), [16, 56, 56], 10000, 'f32');

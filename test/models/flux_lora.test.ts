@@ -15,6 +15,7 @@ import { type FluxParams, fluxParamsFromConfig } from '../../src/models/flux/par
 import { randomFluxTransformer, tinyFluxConfig } from '../../src/models/flux/tiny.ts';
 import { LoraAdapters, linearModuleShapes, matchesTarget } from '../../src/models/lora.ts';
 import { Tensor } from '../../src/tensor/tensor.ts';
+import { maxAbs } from '../golden/golden.ts';
 
 const dev = new CpuDevice();
 const tmp = mkdtempSync(join(tmpdir(), 'flux-lora-test-'));
@@ -36,11 +37,6 @@ function inputs(p: FluxParams, side = 4, seed = 7): FluxInputs {
 }
 const disposeInputs = (x: FluxInputs) => [x.hiddenStates, x.encoderHiddenStates, x.pooledProjections].forEach((t) => t.dispose());
 
-function maxAbs(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
-  return m;
-}
 
 /** Adapters with non-zero B (so the LoRA path and the gradients of A are not trivially zero). */
 function adapters(model: FluxTransformer, seed = 3): LoraAdapters {

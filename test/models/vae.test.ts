@@ -16,6 +16,7 @@ import { randomParameters } from '../../src/models/vae/init.ts';
 import { packLatents, unpackLatents } from '../../src/models/vae/pipeline.ts';
 import { bflKey } from '../../src/models/vae/weights.ts';
 import { Tensor } from '../../src/tensor/tensor.ts';
+import { maxAbs } from '../golden/golden.ts';
 
 const scratch = mkdtempSync(join(tmpdir(), 'vae-unit-'));
 afterAll(() => rmSync(scratch, { recursive: true, force: true }));
@@ -137,12 +138,6 @@ async function referenceTiledDecode(vae: AutoencoderKL, z: Tensor, t: TilingPara
   return { data, shape: [1, channels, H, W] };
 }
 
-function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  expect(a.length).toBe(b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
-  return m;
-}
 
 describe('config', () => {
   it('derives diffusers tiling sizes from sample_size', () => {
@@ -284,10 +279,10 @@ describe.each(['cpu', 'webgpu'] as const)('tiled decode (%s)', (kind) => {
     expect(dev.memory().liveBuffers).toBe(baseline + 1);
     const want = await referenceTiledDecode(vae, z, t);
     expect(tiled.shape).toEqual(want.shape);
-    expect(maxAbsDiff(await tiled.toFloat64(), want.data)).toBeLessThanOrEqual(kind === 'cpu' ? 0 : 1e-6);
+    expect(maxAbs(await tiled.toFloat64(), want.data)).toBeLessThanOrEqual(kind === 'cpu' ? 0 : 1e-6);
     // and it is not the plain decode: tiles are decoded alone
     const plain = vae.disableTiling().decode(z);
-    expect(maxAbsDiff(await tiled.toFloat64(), await plain.toFloat64())).toBeGreaterThan(1e-3);
+    expect(maxAbs(await tiled.toFloat64(), await plain.toFloat64())).toBeGreaterThan(1e-3);
     [z, tiled, plain].forEach((x) => x.dispose());
   });
 });
